@@ -1,0 +1,62 @@
+"""The generator contract: what the decoder needs from wherever tokens come from.
+
+A generator keeps, for each sequence it was told about, the token ids so far and whatever cache it
+needs so it never re-reads a prefix. The decoder only ever appends (``extend``), asks for the next
+step (``generate_step``) or takes back the newest tokens (``rollback``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from rsd_core.events import ModelUsage
+
+Prompt = str | list[dict[str, Any]]
+
+
+@dataclass
+class Step:
+    """One step a generator wrote."""
+
+    token_ids: list[int]
+    text: str  # decoded, delimiter included, special tokens left out
+    eos: bool  # ended at end-of-sequence
+    delimited: bool  # ended at a step delimiter (otherwise the token budget ran out)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    tokenizer: Any
+    name: str
+    context_length: int
+
+    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Token ids for a raw text prompt or a chat (rendered with the model's chat template)."""
+        ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a continuation (no special tokens added)."""
+        ...
+
+    def start(self, seq: int, prompt_ids: list[int]) -> None: ...
+
+    def extend(self, seqs: list[int], token_ids: list[list[int]]) -> None:
+        """Append tokens written elsewhere; they are read lazily, with the next call that needs them."""
+        ...
+
+    def generate_step(self, seqs: list[int], budgets: list[int]) -> list[Step]: ...
+
+    def rollback(self, seqs: list[int], n_tokens: list[int]) -> None:
+        """Forget the newest ``n`` tokens of each sequence (their cache entries too)."""
+        ...
+
+    def release(self, seqs: list[int]) -> None: ...
+
+    def usage(self, seq: int) -> ModelUsage: ...
+
+    def num_tokens(self, seq: int) -> int:
+        """Tokens of the sequence so far (prompt included)."""
+        ...
+
+    def reseed(self, seed: int | None) -> None: ...

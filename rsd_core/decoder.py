@@ -1,0 +1,362 @@
+"""Reward-guided speculative decoding (Liao et al. 2025), one reasoning step at a time.
+
+For every unfinished sequence, each round:
+
+1. the draft proposes the next step from the prompt and the accepted steps;
+2. the PRM scores that step in context (a reward r in [0, 1]);
+3. the step is kept with probability ω(r) (by default 1[r >= δ]);
+4. a rejected step is thrown away and the target writes that step instead, from the same prefix;
+
+until end-of-sequence, a stop string, or a budget. Every model keeps its own cache per sequence: the
+draft rolls a rejected step back by dropping cache entries, the target reads the draft's accepted
+steps only when it is next called, and the PRM reads each step once.
+
+Example:
+    >>> dec = RewardGuidedDecoder.from_pretrained()      # the embedded toy trio, on CPU
+    >>> res = dec.generate(["Ann has 12 apples. She buys 5 more. How many apples does Ann have now?"])
+    >>> res[0].text.endswith("\\\\boxed{17}.")  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rsd_core.backends.base import Generator, Prompt, Step
+from rsd_core.config import RSDConfig
+from rsd_core.errors import InvalidPromptError
+from rsd_core.events import (
+    FinishReason,
+    GenerationStats,
+    RSDResult,
+    StepEvent,
+    TargetInvocationEvent,
+    dispatch,
+)
+from rsd_core.rewards import RewardModel, load_reward_model
+from rsd_core.weighting import Weighting
+
+Mode = Literal["rsd", "draft", "target"]
+
+
+@dataclass
+class _Seq:
+    """One prompt's progress through a run."""
+
+    index: int
+    id: int  # key of this sequence in every model's state (unique per decoder)
+    conversation: list[dict[str, Any]]
+    n_prompt_tokens: int
+    steps: list[StepEvent] = field(default_factory=list)
+    text: str = ""
+    n_steps: int = 0
+    n_tokens: int = 0
+    target_lag: int = 0  # accepted draft tokens the target has not read yet
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    finish: FinishReason | None = None
+
+
+def _conversation(prompt: Prompt) -> list[dict[str, Any]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not prompt:
+        raise InvalidPromptError(f"a prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
+    for i, m in enumerate(prompt):
+        if not isinstance(m, dict) or "role" not in m:
+            raise InvalidPromptError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+        if m["role"] not in ("system", "user", "assistant", "tool"):
+            raise InvalidPromptError(
+                f"message {i} has unknown role {m['role']!r}; use system, user, assistant or tool"
+            )
+    return prompt
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when token ids can be handed over as they are."""
+    if a is b:
+        return True
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
+class RewardGuidedDecoder:
+    """Draft, target and PRM, and the RSD loop over them.
+
+    Args:
+        draft: the small model (a ``Generator``, e.g. ``HFGenerator``).
+        target: the large model.
+        reward: the PRM (a ``RewardModel``, a checkpoint id/path, or ``fn(question, steps, step)``).
+            May be None only for draft-only or target-only runs.
+        config: defaults for every run; ``generate(config=...)`` overrides per call.
+    """
+
+    def __init__(self, draft: Generator, target: Generator, reward: RewardModel | str | Callable[..., float] | None,
+                 config: RSDConfig | None = None):
+        self.draft = draft
+        self.target = target
+        self.reward = load_reward_model(reward) if reward is not None else None
+        self.config = config or RSDConfig()
+        self.same_tokenizer = same_tokenizer(draft.tokenizer, target.tokenizer)
+        self._ids = itertools.count()
+        self._lock = threading.RLock()  # one run at a time per decoder: models and RNGs are shared
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        draft: str | None = None,
+        target: str | None = None,
+        reward: str | RewardModel | Callable[..., float] | None = None,
+        *,
+        config: RSDConfig | None = None,
+        device_map: Any = None,
+        dtype: Any = "auto",
+        trust_remote_code: bool = False,
+        reward_type: str | None = None,
+    ) -> RewardGuidedDecoder:
+        """Load the three models by hub id or local path, as transformers does.
+
+        With nothing named, the embedded toy trio that ships in the package (CPU, no download).
+        """
+        from rsd_core.backends.hf import HFGenerator
+        from rsd_core.toy import toy_model_paths
+
+        if draft is None and target is None and reward is None:
+            paths = toy_model_paths()
+            draft, target, reward = paths["draft"], paths["target"], paths["prm"]
+        if draft is None or target is None:
+            raise ValueError("name both draft= and target= (or neither, for the embedded toy models)")
+        kw = {"device_map": device_map, "dtype": dtype, "trust_remote_code": trust_remote_code}
+        cfg = config or RSDConfig()
+        d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, **kw)
+        t = HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
+        r = load_reward_model(reward, reward_type=reward_type, **kw) if reward is not None else None
+        return cls(d, t, r, cfg)
+
+    @classmethod
+    def from_models(cls, draft_model: Any, draft_tokenizer: Any, target_model: Any, target_tokenizer: Any,
+                    reward: RewardModel | Callable[..., float] | None = None,
+                    config: RSDConfig | None = None) -> RewardGuidedDecoder:
+        """Wrap already-loaded transformers models and tokenizers."""
+        from rsd_core.backends.hf import HFGenerator
+
+        cfg = config or RSDConfig()
+        return cls(HFGenerator(draft_model, draft_tokenizer, step_delimiters=cfg.step_delimiters),
+                   HFGenerator(target_model, target_tokenizer, step_delimiters=cfg.step_delimiters), reward, cfg)
+
+    # ------------------------------------------------------------------ public API
+    def generate(
+        self,
+        prompts: Sequence[Prompt] | Prompt,
+        *,
+        config: RSDConfig | None = None,
+        callbacks: Iterable[Any] = (),
+        tools: list[dict[str, Any]] | None = None,
+        stop: list[str] | None = None,
+    ) -> list[RSDResult]:
+        """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt."""
+        return self._run(prompts, config or self.config, list(callbacks), tools, stop)
+
+    def _run(self, prompts: Sequence[Prompt] | Prompt, cfg: RSDConfig, callbacks: list[Any],
+             tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False) -> list[RSDResult]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+            prompts = [prompts]  # a single prompt
+        if not prompts:
+            raise InvalidPromptError("no prompts given")
+        if stop is not None and (not isinstance(stop, list) or any(not isinstance(s, str) or not s for s in stop)):
+            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        weighting = Weighting.from_config(cfg)
+        mode: Mode = "target" if weighting.always_rejects else "draft" if weighting.always_accepts else "rsd"
+        if self.reward is None and (mode == "rsd" or score_all):
+            raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
+        with self._lock:
+            return _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all).execute(list(prompts))
+
+
+class _Run:
+    """The state of one ``generate`` call."""
+
+    def __init__(self, dec: RewardGuidedDecoder, cfg: RSDConfig, weighting: Weighting, mode: Mode,
+                 callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool):
+        self.dec, self.cfg, self.weighting, self.mode = dec, cfg, weighting, mode
+        self.draft, self.target, self.reward = dec.draft, dec.target, dec.reward
+        self.callbacks, self.tools, self.stop, self.score_all = callbacks, tools, stop, score_all
+        self.uses_draft = mode != "target"
+        self.uses_target = mode != "draft"
+        self.uses_reward = mode == "rsd" or score_all
+        self.rng = random.Random(cfg.seed)
+        self.t0 = time.perf_counter()
+
+    # ------------------------------------------------------------------ the loop
+    def execute(self, prompts: list[Prompt]) -> list[RSDResult]:
+        seqs = self._start(prompts)
+        results: dict[int, RSDResult] = {}
+        try:
+            while active := [s for s in seqs if s.finish is None]:
+                if self.mode == "target":
+                    self._target_writes(active, reason="target_only")
+                else:
+                    self._rsd_round(active)
+                for s in active:
+                    if s.finish is not None:
+                        results[s.index] = self._finish(s)
+        finally:
+            self._release(seqs)
+        return [results[i] for i in range(len(seqs))]
+
+    def _rsd_round(self, seqs: list[_Seq]) -> None:
+        # 1. the draft proposes the next step of every sequence
+        t = time.perf_counter()
+        proposals = self.draft.generate_step([s.id for s in seqs], [self._budget(s, self.draft) for s in seqs])
+        draft_s = time.perf_counter() - t
+        # 2. the PRM scores each proposal in context
+        rewards: list[float | None] = [None] * len(seqs)
+        reward_s = 0.0
+        if self.uses_reward:
+            t = time.perf_counter()
+            rewards = list(self.reward.score([s.id for s in seqs], [p.text for p in proposals]))
+            reward_s = time.perf_counter() - t
+        # 3. keep each step with probability ω(r)
+        if self.mode == "rsd":
+            weights, keep = self.weighting.decide(rewards, self.rng)
+        else:
+            weights, keep = [None] * len(seqs), [True] * len(seqs)
+        latency = {"draft": draft_s, "reward": reward_s}
+        rejected: list[tuple[_Seq, Step, float | None]] = []
+        for s, step, r, w, k in zip(seqs, proposals, rewards, weights, keep):
+            s.stats.draft_steps += 1
+            event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "draft", r, w, k,
+                              is_final=k and step.eos, latency_s=latency, token_ids=step.token_ids)
+            s.steps.append(event)
+            if k:
+                s.stats.accepted_draft_steps += 1
+                self._accept(s, step, r, source="draft")
+            else:
+                rejected.append((s, step, r))
+            dispatch(self.callbacks, "on_step", event)
+        # 4. a rejected step is thrown away; the target writes that step instead
+        if rejected:
+            rs = [s for s, _, _ in rejected]
+            self.draft.rollback([s.id for s in rs], [len(step.token_ids) for _, step, _ in rejected])
+            self.reward.rollback([s.id for s in rs])
+            self._target_writes(rs, reason="rejected", rejected=rejected)
+
+    def _target_writes(self, seqs: list[_Seq], reason: Literal["rejected", "target_only"],
+                       rejected: list[tuple[_Seq, Step, float | None]] | None = None) -> None:
+        lags = [s.target_lag for s in seqs]
+        t = time.perf_counter()
+        steps = self.target.generate_step([s.id for s in seqs], [self._budget(s, self.target) for s in seqs])
+        target_s = time.perf_counter() - t
+        rewards: list[float | None] = [None] * len(seqs)
+        if self.uses_reward:
+            # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
+            rewards = list(self.reward.score([s.id for s in seqs], [st.text for st in steps]))
+        if self.uses_draft:
+            live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
+            self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.target, self.draft) for _, st in live])
+        for i, (s, step, r) in enumerate(zip(seqs, steps, rewards)):
+            s.target_lag = 0
+            s.stats.target_invocations += 1
+            s.stats.target_steps += 1
+            rej_text, rej_reward = (rejected[i][1].text, rejected[i][2]) if rejected else (None, None)
+            dispatch(self.callbacks, "on_target_invocation", TargetInvocationEvent(
+                s.index, s.n_steps, reason, rej_text, rej_reward, lags[i], len(step.token_ids), target_s))
+            event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "target", r, None, True,
+                              is_final=step.eos, latency_s={"target": target_s}, token_ids=step.token_ids)
+            s.steps.append(event)
+            self._accept(s, step, r, source="target")
+            dispatch(self.callbacks, "on_step", event)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _start(self, prompts: list[Prompt]) -> list[_Seq]:
+        if self.uses_draft:
+            self.draft.reseed(self.cfg.seed)
+            self.draft.sampling = self.cfg.draft_sampling
+            self.draft.set_step_delimiters(self.cfg.step_delimiters)
+        if self.uses_target:
+            self.target.reseed(None if self.cfg.seed is None else self.cfg.seed + 1)
+            self.target.sampling = self.cfg.target_sampling
+            self.target.set_step_delimiters(self.cfg.step_delimiters)
+        # Render and check every prompt before any model work, so bad input leaves nothing behind.
+        rendered = []
+        for p in prompts:
+            conv = _conversation(p)
+            d_ids = self.draft.render_prompt(p, self.tools) if self.uses_draft else None
+            t_ids = self.target.render_prompt(p, self.tools) if self.uses_target else None
+            rendered.append((conv, d_ids, t_ids))
+        seqs = []
+        for i, (conv, d_ids, t_ids) in enumerate(rendered):
+            s = _Seq(i, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids))
+            if d_ids is not None:
+                self.draft.start(s.id, d_ids)
+            if t_ids is not None:
+                self.target.start(s.id, t_ids)
+            if self.uses_reward:
+                self.reward.start(s.id, conv)
+            seqs.append(s)
+        return seqs
+
+    def _budget(self, s: _Seq, model: Generator) -> int:
+        room = model.context_length - model.num_tokens(s.id)
+        return max(1, min(self.cfg.max_step_tokens, self.cfg.max_new_tokens - s.n_tokens, room))
+
+    def _handoff(self, step: Step, src: Generator, dst: Generator) -> list[int]:
+        """Same tokenizer: the ids as they are. Otherwise: re-tokenize only this step's text."""
+        return step.token_ids if self.dec.same_tokenizer else dst.encode_text(step.text)
+
+    def _accept(self, s: _Seq, step: Step, reward: float | None, source: str) -> None:
+        s.n_steps += 1
+        s.n_tokens += len(step.token_ids)
+        prev_len = len(s.text)
+        s.text += step.text
+        if source == "draft" and self.uses_target and not step.eos:
+            handed = self._handoff(step, self.draft, self.target)
+            self.target.extend([s.id], [handed])
+            s.target_lag += len(handed)
+        if step.eos:
+            s.finish = "eos"
+        elif self._apply_stop(s, prev_len):
+            s.finish = "stop"
+        elif s.n_tokens >= self.cfg.max_new_tokens or self._out_of_context(s):
+            s.finish = "max_new_tokens"
+        elif s.n_steps >= self.cfg.max_steps:
+            s.finish = "max_steps"
+
+    def _out_of_context(self, s: _Seq) -> bool:
+        models = ([self.draft] if self.uses_draft else []) + ([self.target] if self.uses_target else [])
+        return any(m.num_tokens(s.id) >= m.context_length for m in models)
+
+    def _apply_stop(self, s: _Seq, prev_len: int) -> bool:
+        """Cut the text at the first stop string that the new step completed (the stop itself excluded)."""
+        cut = None
+        for stop in self.stop:
+            pos = s.text.find(stop, max(0, prev_len - len(stop) + 1))
+            if pos != -1 and (cut is None or pos < cut):
+                cut = pos
+        if cut is None:
+            return False
+        s.text = s.text[:cut]
+        return True
+
+    def _finish(self, s: _Seq) -> RSDResult:
+        for name, model, used in (("draft", self.draft, self.uses_draft), ("target", self.target, self.uses_target),
+                                  ("reward", self.reward, self.uses_reward)):
+            if used and model is not None:
+                getattr(s.stats, name).add(model.usage(s.id))
+        s.stats.wall_time_s = time.perf_counter() - self.t0
+        self._release([s])
+        result = RSDResult(s.index, s.text, s.steps, s.stats, s.finish or "eos", s.n_prompt_tokens, s.n_tokens)
+        dispatch(self.callbacks, "on_end", result)
+        return result
+
+    def _release(self, seqs: list[_Seq]) -> None:
+        ids = [s.id for s in seqs]
+        for model, used in ((self.draft, self.uses_draft), (self.target, self.uses_target),
+                            (self.reward, self.uses_reward)):
+            if used and model is not None:
+                model.release(ids)
