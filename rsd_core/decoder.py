@@ -31,6 +31,7 @@ from typing import Any, Literal
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
 from rsd_core.errors import InvalidPromptError
+from rsd_core.messages import validate_messages
 from rsd_core.events import (
     FinishReason,
     GenerationStats,
@@ -64,17 +65,10 @@ class _Seq:
 
 def _conversation(prompt: Prompt) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidPromptError("the prompt is an empty string")
         return [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, list) or not prompt:
-        raise InvalidPromptError(f"a prompt must be a string or a non-empty list of messages, got {prompt!r:.80}")
-    for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or "role" not in m:
-            raise InvalidPromptError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
-        if m["role"] not in ("system", "user", "assistant", "tool"):
-            raise InvalidPromptError(
-                f"message {i} has unknown role {m['role']!r}; use system, user, assistant or tool"
-            )
-    return prompt
+    return validate_messages(prompt)
 
 
 def same_tokenizer(a: Any, b: Any) -> bool:

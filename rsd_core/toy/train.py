@@ -14,6 +14,7 @@ it equals the reference continuation.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
@@ -196,7 +197,7 @@ def train_prm(model, tok, rng: random.Random, pool, steps: int, batch: int, lr: 
     model.eval()
 
 
-def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=print) -> dict:
+def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True)) -> dict:
     """Train and save the three models; ``scale`` shortens training (tests use a tiny one)."""
     torch.manual_seed(seed)
     rng = random.Random(TRAIN_SEED + seed)

@@ -1,0 +1,178 @@
+"""The ``rsd`` command.
+
+    rsd demo                                   # the toy trio: a few solved problems and a comparison
+    rsd generate "Ann has 3 apples..." --json  # any models by id or path (toy trio by default)
+    rsd eval --dataset toy --methods target,draft,rsd --n 300 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rsd_core.config import RSDConfig, SamplingConfig
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models (default: the embedded toy trio)")
+    g.add_argument("--draft", help="draft model id or local path")
+    g.add_argument("--target", help="target model id or local path")
+    g.add_argument("--reward", help="PRM id or local path")
+    g.add_argument("--reward-type", help="reward-model family, when it cannot be detected")
+    g.add_argument("--device-map", default=None, help="as in transformers (e.g. auto, cuda:0, cpu)")
+    g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
+    g.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a checkpoint")
+    c = p.add_argument_group("decoding")
+    c.add_argument("--threshold", "--delta", type=float, default=0.7, help="δ (default 0.7)")
+    c.add_argument("--weighting", default="binary", help="binary, constant, clip, sigmoid or logistic")
+    c.add_argument("--max-new-tokens", type=int, default=1024)
+    c.add_argument("--max-steps", type=int, default=64)
+    c.add_argument("--max-step-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="for both models (0 = greedy)")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None)
+
+
+def _config(a: argparse.Namespace) -> RSDConfig:
+    s = SamplingConfig(temperature=a.temperature, top_p=a.top_p)
+    return RSDConfig(threshold=a.threshold, weighting=a.weighting, max_new_tokens=a.max_new_tokens,
+                     max_steps=a.max_steps, max_step_tokens=a.max_step_tokens, draft_sampling=s,
+                     target_sampling=s, seed=a.seed)
+
+
+def _decoder(a: argparse.Namespace, cfg: RSDConfig):
+    from rsd_core.decoder import RewardGuidedDecoder
+
+    return RewardGuidedDecoder.from_pretrained(a.draft, a.target, a.reward, config=cfg, device_map=a.device_map,
+                                               dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                                               reward_type=a.reward_type)
+
+
+def _fmt_flops(x: float) -> str:
+    for unit, div in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from rsd_core.decoder import RewardGuidedDecoder
+    from rsd_core.eval.datasets import toy_examples
+    from rsd_core.eval.runner import evaluate
+
+    t0 = time.perf_counter()
+    dec = RewardGuidedDecoder.from_pretrained()
+    print("RSD on the embedded toy trio (draft / target / PRM trained on toy arithmetic; CPU, no download)")
+    print(f"δ = {dec.config.threshold}: a draft step is kept when the PRM's reward is at least δ.\n")
+    examples = toy_examples(a.n)
+    for ex in examples[: a.show]:
+        print(f"Q: {ex.question}")
+        res = dec.generate([[{"role": "user", "content": ex.question}]])[0]
+        for s in res.steps:
+            verdict = "kept" if s.accepted else "rejected -> target rewrites"
+            reward = "    -" if s.reward is None else f"{s.reward:.3f}"
+            print(f"  [{s.source:6s} r={reward}] {s.text.strip():32s} {verdict if s.source == 'draft' else ''}")
+        print(f"  expected {ex.answer}\n")
+    summary = evaluate(dec, examples, ["target", "draft", "rsd"], progress=False)
+    print(f"{len(examples)} held-out problems:")
+    print(f"{'method':8s} {'accuracy':>8s} {'draft tok':>10s} {'target tok':>10s} {'PRM tok':>8s} {'FLOPs':>8s} {'time s':>7s}")
+    for s in summary.values():
+        t = s["tokens"]
+        print(f"{s['method']:8s} {s['accuracy']:8.3f} {t['draft']['decode']:10d} {t['target']['decode']:10d} "
+              f"{t['reward']['prefill']:8d} {_fmt_flops(s['flops']['total']):>8s} {s['wall_s']:7.2f}")
+    r, tgt = summary["rsd"], summary["target"]
+    share = r["tokens"]["target"]["decode"] / max(1, tgt["tokens"]["target"]["decode"])
+    print(f"\nRSD kept {r['acceptance_rate']:.0%} of draft steps; the target wrote {share:.0%} of the tokens it writes "
+          f"alone. (decode tokens shown; {time.perf_counter() - t0:.1f}s in all)")
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        print("rsd generate: empty prompt (pass it as an argument or on stdin)", file=sys.stderr)
+        return 2
+    dec = _decoder(a, _config(a))
+    messages = prompt if a.raw else [{"role": "user", "content": prompt}]
+    on_step = None
+    if not a.json:
+        def on_step(e: Any) -> None:
+            if hasattr(e, "accepted") and hasattr(e, "source"):
+                r = "-" if e.reward is None else f"{e.reward:.3f}"
+                print(f"[{e.source} r={r} {'kept' if e.accepted else 'rejected'}] {e.text.strip()}", file=sys.stderr)
+    res = dec.generate([messages], callbacks=[on_step] if on_step else [])[0]
+    if a.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        print(res.text)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from rsd_core.eval.datasets import load_examples
+    from rsd_core.eval.runner import evaluate, markdown_table
+
+    cfg = _config(a)
+    examples = load_examples(a.dataset, a.n, question_field=a.question_field, answer_field=a.answer_field)
+    dec = _decoder(a, cfg)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    summary = evaluate(dec, examples, methods, config=cfg, batch_size=a.batch_size, progress=not a.no_progress)
+    print(markdown_table(summary))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"dataset": a.dataset, "n": len(examples), "config": cfg.model_dump(),
+                                            "methods": list(summary.values())}, indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="rsd", description="Reward-Guided Speculative Decoding")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU, under a minute)")
+    d.add_argument("--n", type=int, default=60, help="problems in the comparison table")
+    d.add_argument("--show", type=int, default=3, help="problems printed step by step")
+    d.set_defaults(fn=cmd_demo)
+    g = sub.add_parser("generate", help="solve one prompt")
+    g.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    g.add_argument("--raw", action="store_true", help="send the prompt as raw text, not as a chat message")
+    g.add_argument("--json", action="store_true", help="print the full result as JSON")
+    _add_model_args(g)
+    g.set_defaults(fn=cmd_generate)
+    e = sub.add_parser("eval", help="accuracy vs compute over a dataset")
+    e.add_argument("--dataset", default="toy", help="toy, or a JSONL path")
+    e.add_argument("--methods", default="target,draft,rsd", help="comma list: target,draft,rsd[:δ],bon:N,majority:N")
+    e.add_argument("--n", type=int, default=None, help="number of problems (toy default 300)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--json", help="write the summary here")
+    e.add_argument("--question-field", default="question")
+    e.add_argument("--answer-field", default="answer")
+    e.add_argument("--no-progress", action="store_true")
+    _add_model_args(e)
+    e.set_defaults(fn=cmd_eval)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would drown the steps we print
+    try:
+        return int(args.fn(args) or 0)
+    except Exception as e:  # a clear one-line message instead of a traceback for expected errors
+        from pydantic import ValidationError
+
+        from rsd_core.errors import RSDError
+
+        if isinstance(e, (RSDError, ValidationError, FileNotFoundError, KeyError, ValueError)):
+            print(f"rsd {args.cmd}: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

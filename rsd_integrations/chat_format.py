@@ -1,0 +1,119 @@
+"""Messages and tools in, tool calls out: shared by the LangChain and LlamaIndex classes.
+
+Both frameworks' messages become plain chat dicts (``role``, ``content``, ``tool_calls``,
+``tool_call_id``), which the model's own chat template renders; tools become OpenAI-style function
+schemas, passed to the template as ``tools``. Tool calls come back in the format Qwen2.5, Hermes and
+the toy models write: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
+
+Example:
+    >>> text, calls, bad = parse_tool_calls('Let me look.<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>')
+    >>> text, calls[0].name, calls[0].arguments, bad
+    ('Let me look.', 'f', {'x': 1}, [])
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsd_core.messages import validate_messages  # noqa: F401  (re-exported for the integrations)
+
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+_BLOCK = re.compile(re.escape(TOOL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CLOSE) + r"|$)", re.S)
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class InvalidToolCall:
+    raw: str
+    error: str
+    name: str | None = None
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Split model output into (content, tool calls, invalid calls). Never raises on bad output."""
+    calls: list[ToolCall] = []
+    bad: list[InvalidToolCall] = []
+    for m in _BLOCK.finditer(text):
+        raw = m.group(1).strip()
+        complete = m.group(0).endswith(TOOL_CLOSE)
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            bad.append(InvalidToolCall(raw, f"not valid JSON ({e.msg})" + ("" if complete else "; truncated")))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            bad.append(InvalidToolCall(raw, 'expected {"name": str, "arguments": object}'))
+            continue
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):  # some models double-encode the arguments
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                bad.append(InvalidToolCall(raw, "arguments are a string that is not JSON", obj["name"]))
+                continue
+        if not isinstance(args, dict):
+            bad.append(InvalidToolCall(raw, f"arguments must be an object, got {type(args).__name__}", obj["name"]))
+            continue
+        calls.append(ToolCall(obj["name"], args))
+    content = _BLOCK.sub("", text).strip() if (calls or bad) else text
+    return content, calls, bad
+
+
+class ToolCallStreamFilter:
+    """Streams content while holding back anything that may be a ``<tool_call>`` block.
+
+    ``feed(text)`` returns the text that is safe to show now; ``finish()`` returns what is left.
+    """
+
+    def __init__(self) -> None:
+        self._buf = ""
+        self._in_call = False
+
+    def feed(self, text: str) -> str:
+        self._buf += text
+        out = []
+        while self._buf:
+            if self._in_call:
+                end = self._buf.find(TOOL_CLOSE)
+                if end == -1:
+                    break
+                self._buf = self._buf[end + len(TOOL_CLOSE):]
+                self._in_call = False
+                continue
+            start = self._buf.find(TOOL_OPEN)
+            if start != -1:
+                out.append(self._buf[:start])
+                self._buf = self._buf[start + len(TOOL_OPEN):]
+                self._in_call = True
+                continue
+            keep = _partial_suffix(self._buf, TOOL_OPEN)  # a tag may be split across chunks
+            out.append(self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+            break
+        return "".join(out)
+
+    def finish(self) -> str:
+        rest = "" if self._in_call else self._buf
+        self._buf = ""
+        return rest
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    for k in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:k]):
+            return k
+    return 0
