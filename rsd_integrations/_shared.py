@@ -1,0 +1,175 @@
+"""What both integrations share: one decoder per set of models, and a scheduler that batches calls.
+
+Building a ``ChatRSD`` or ``RSDLLM`` is instant; the models load on first use and every instance that
+names the same models shares them. Calls from many threads or coroutines (``batch``, concurrent
+``ainvoke``) are collected for a few milliseconds and decoded as one batch on the models, not as
+threads contending for them. Each call still gets its own events, in order, on its own queue, and
+the caller dispatches them to its framework's callbacks in its own thread or event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rsd_core.config import RSDConfig
+from rsd_core.decoder import RewardGuidedDecoder
+from rsd_core.errors import InvalidPromptError, PromptTooLongError
+from rsd_core.events import RSDResult
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    target: str | None = None
+    draft: str | None = None
+    reward: str | None = None
+    reward_type: str | None = None
+    device_map: str | None = None
+    dtype: str | None = "auto"
+    trust_remote_code: bool = False
+
+
+_decoders: dict[ModelSpec, RewardGuidedDecoder] = {}
+_schedulers: dict[int, BatchScheduler] = {}
+_lock = threading.Lock()
+
+
+def get_decoder(spec: ModelSpec) -> RewardGuidedDecoder:
+    """The decoder for these models, loaded on first use and shared afterwards."""
+    with _lock:
+        dec = _decoders.get(spec)
+        if dec is None:
+            if (spec.target is None) != (spec.draft is None):
+                raise ValueError("name both the target (model=) and the draft (draft_model=), or neither for the "
+                                 f"embedded toy models; got target={spec.target!r}, draft={spec.draft!r}")
+            dec = RewardGuidedDecoder.from_pretrained(
+                spec.draft, spec.target, spec.reward, device_map=spec.device_map, dtype=spec.dtype,
+                trust_remote_code=spec.trust_remote_code, reward_type=spec.reward_type)
+            _decoders[spec] = dec
+        return dec
+
+
+def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
+    with _lock:
+        sched = _schedulers.get(id(dec))
+        if sched is None or sched.decoder is not dec:
+            sched = _schedulers[id(dec)] = BatchScheduler(dec)
+        return sched
+
+
+_END = object()
+
+
+@dataclass
+class Request:
+    """One call's prompt and settings, and the queue its events come back on."""
+
+    prompt: list[dict[str, Any]]
+    config: RSDConfig
+    tools: list[dict[str, Any]] | None = None
+    stop: list[str] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._q: queue.Queue[Any] | None = None if self.loop else queue.Queue()
+        self._aq: asyncio.Queue[Any] | None = asyncio.Queue() if self.loop else None
+
+    def group_key(self) -> str:
+        return json.dumps([self.config.model_dump(), self.tools, self.stop], sort_keys=True, default=str)
+
+    def put(self, item: Any) -> None:
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._aq.put_nowait, item)  # type: ignore[union-attr]
+            except RuntimeError:  # the caller's loop is gone: nobody is listening
+                self.cancelled.set()
+        else:
+            self._q.put(item)  # type: ignore[union-attr]
+
+    def events(self) -> Iterator[Any]:
+        """Events as they happen, ending with the ``RSDResult``; raises the run's error, if any."""
+        try:
+            while True:
+                item = self._q.get()  # type: ignore[union-attr]
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, RSDResult):
+                    return
+        finally:
+            self.cancelled.set()
+
+    async def aevents(self) -> AsyncIterator[Any]:
+        try:
+            while True:
+                item = await self._aq.get()  # type: ignore[union-attr]
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, RSDResult):
+                    return
+        finally:
+            self.cancelled.set()
+
+
+class BatchScheduler:
+    """Runs requests on one decoder, batching those that arrive together with the same settings."""
+
+    def __init__(self, decoder: RewardGuidedDecoder, max_batch: int = 64, gather_s: float = 0.005):
+        self.decoder, self.max_batch, self.gather_s = decoder, max_batch, gather_s
+        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="rsd-scheduler", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: Request) -> Request:
+        self._inbox.put(req)
+        return req
+
+    def _loop(self) -> None:
+        while True:
+            pending = [self._inbox.get()]
+            try:
+                while len(pending) < self.max_batch:
+                    pending.append(self._inbox.get(timeout=self.gather_s))
+            except queue.Empty:
+                pass
+            groups: dict[str, list[Request]] = {}
+            for r in pending:
+                if not r.cancelled.is_set():
+                    groups.setdefault(r.group_key(), []).append(r)
+            for reqs in groups.values():
+                self._run(reqs)
+
+    def _run(self, reqs: list[Request]) -> None:
+        def route(event: Any) -> None:
+            idx = event.index if isinstance(event, RSDResult) else event.sequence_index
+            if not reqs[idx].cancelled.is_set():
+                reqs[idx].put(event)
+            elif all(r.cancelled.is_set() for r in reqs):
+                raise _AllCancelled  # nobody is listening: stop decoding, free the caches
+
+        head = reqs[0]
+        try:
+            self.decoder.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
+                                  tools=head.tools, stop=head.stop)
+        except _AllCancelled:
+            pass
+        except (InvalidPromptError, PromptTooLongError) as e:
+            if len(reqs) == 1:  # checked before any model work: one bad prompt must not fail the others
+                reqs[0].put(e)
+            else:
+                for r in reqs:
+                    self._run([r])
+        except BaseException as e:  # every caller in the batch hears of it; the scheduler lives on
+            for r in reqs:
+                r.put(e)
+
+
+class _AllCancelled(Exception):
+    pass
