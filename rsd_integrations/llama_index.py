@@ -1,0 +1,324 @@
+"""``RSDLLM``: reward-guided speculative decoding as a LlamaIndex function-calling LLM.
+
+Example:
+    >>> from llama_index.core import Settings
+    >>> from rsd_integrations.llama_index import RSDLLM
+    >>> Settings.llm = RSDLLM()      # the embedded toy trio; or RSDLLM(model=..., draft_model=..., reward_model=...)
+    >>> RSDLLM().complete("Ann has 12 apples. She buys 5 more. How many apples does Ann have now?").text  # doctest: +SKIP
+
+Each reasoning step and each target call is dispatched as an instrumentation event (``RSDStepEvent``,
+``RSDTargetInvocationEvent``) inside the LLM call's span, so handlers added with
+``get_dispatcher().add_event_handler(...)`` receive them with that call's ``span_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.span import active_span_id
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
+
+from rsd_core.config import RSDConfig, SamplingConfig
+from rsd_core.decoder import RewardGuidedDecoder
+from rsd_core.errors import InvalidPromptError
+from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler
+from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
+
+dispatcher = get_dispatcher(__name__)
+
+
+class RSDStepEvent(BaseEvent):
+    """A reasoning step was decided (see ``rsd_core.events.StepEvent``)."""
+
+    sequence_index: int
+    step_index: int
+    text: str
+    source: str
+    reward: float | None
+    weight: float | None
+    accepted: bool
+    num_tokens: int
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RSDStepEvent"
+
+
+class RSDTargetInvocationEvent(BaseEvent):
+    """The target model was asked to write a step."""
+
+    sequence_index: int
+    step_index: int
+    reason: str
+    rejected_text: str | None
+    rejected_reward: float | None
+    catch_up_tokens: int
+    num_tokens: int
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RSDTargetInvocationEvent"
+
+
+def _li_event(e: Any, span_id: str | None) -> BaseEvent | None:
+    if isinstance(e, StepEvent):
+        return RSDStepEvent(span_id=span_id, sequence_index=e.sequence_index, step_index=e.step_index, text=e.text,
+                            source=e.source, reward=e.reward, weight=e.weight, accepted=e.accepted,
+                            num_tokens=e.num_tokens)
+    if isinstance(e, TargetInvocationEvent):
+        return RSDTargetInvocationEvent(span_id=span_id, sequence_index=e.sequence_index, step_index=e.step_index,
+                                        reason=e.reason, rejected_text=e.rejected_text,
+                                        rejected_reward=e.rejected_reward, catch_up_tokens=e.catch_up_tokens,
+                                        num_tokens=e.num_tokens)
+    return None
+
+
+def to_chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """LlamaIndex messages as chat-template dicts (validated)."""
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, ChatMessage):
+            raise InvalidPromptError(f"message {i} is a {type(m).__name__}, expected a llama_index ChatMessage")
+        role = m.role.value if isinstance(m.role, MessageRole) else str(m.role)
+        role = {"model": "assistant", "function": "tool", "developer": "system", "chatbot": "assistant"}.get(role, role)
+        d: dict[str, Any] = {"role": role, "content": m.content or ""}
+        calls = m.additional_kwargs.get("tool_calls")
+        if calls:
+            d["tool_calls"] = calls
+        if role == "tool":
+            d["tool_call_id"] = m.additional_kwargs.get("tool_call_id")
+        out.append(d)
+    return validate_messages(out)
+
+
+class RSDLLM(FunctionCallingLLM):
+    """Reward-guided speculative decoding behind LlamaIndex's LLM interface.
+
+    Same options as ``ChatRSD``: ``model`` (target), ``draft_model``, ``reward_model``, ``threshold``,
+    ``weighting``, ``temperature``, ``max_tokens``, ``stop``, device and dtype options, or ``decoder=``.
+    """
+
+    model: str | None = Field(default=None, description="target model id or path (None: the toy trio)")
+    draft_model: str | None = None
+    reward_model: str | None = None
+    reward_type: str | None = None
+    threshold: float = Field(default=0.7, ge=0.0, le=1.0)
+    weighting: str = "binary"
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    seed: int | None = None
+    max_tokens: int = Field(default=512, ge=1)
+    stop: list[str] | None = None
+    max_steps: int = Field(default=64, ge=1)
+    max_step_tokens: int = Field(default=256, ge=1)
+    device_map: str | None = None
+    dtype: str | None = "auto"
+    trust_remote_code: bool = False
+
+    _decoder: RewardGuidedDecoder | None = PrivateAttr(default=None)
+
+    def __init__(self, decoder: RewardGuidedDecoder | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._decoder = decoder
+        RSDConfig(threshold=self.threshold, weighting=self.weighting)  # fail now on a bad value
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "RSDLLM"
+
+    # ------------------------------------------------------------------ models and metadata
+    def get_decoder(self) -> RewardGuidedDecoder:
+        if self._decoder is None:
+            self._decoder = get_decoder(ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type,
+                                                  self.device_map, self.dtype, self.trust_remote_code))
+        return self._decoder
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        dec = self.get_decoder()
+        template = getattr(dec.target.tokenizer, "chat_template", None) or ""
+        return LLMMetadata(
+            context_window=min(dec.target.context_length, dec.draft.context_length),
+            num_output=self.max_tokens,
+            is_chat_model=True,
+            is_function_calling_model="tools" in template,
+            model_name=self.model or "rsd-toy-target",
+        )
+
+    def _config(self, **kw: Any) -> RSDConfig:
+        dec = self.get_decoder()
+        s = SamplingConfig(temperature=kw.get("temperature", self.temperature), top_p=kw.get("top_p", self.top_p))
+        return dec.config.model_copy(update={
+            "threshold": kw.get("threshold", self.threshold), "weighting": kw.get("weighting", self.weighting),
+            "max_new_tokens": kw.get("max_tokens", self.max_tokens), "max_steps": self.max_steps,
+            "max_step_tokens": self.max_step_tokens, "draft_sampling": s, "target_sampling": s,
+            "seed": kw.get("seed", self.seed)})
+
+    def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, bool]:
+        tools = kw.get("tools") or None
+        req = Request(to_chat_dicts(messages), self._config(**kw), tools, kw.get("stop", self.stop) or None, loop)
+        get_scheduler(self.get_decoder()).submit(req)
+        return req, tools is not None
+
+    # ------------------------------------------------------------------ results
+    def _response(self, res: RSDResult, tools: bool) -> ChatResponse:
+        content, calls, bad = parse_tool_calls(res.text) if tools else (res.text, [], [])
+        extra: dict[str, Any] = {"rsd": res.stats.to_dict(), "finish_reason": res.finish_reason}
+        if calls:
+            extra["tool_calls"] = [c.to_dict() for c in calls]
+        if bad:
+            extra["invalid_tool_calls"] = [{"raw": b.raw, "error": b.error} for b in bad]
+        s = res.stats
+        usage = {"prompt_tokens": res.num_prompt_tokens, "completion_tokens": res.num_output_tokens,
+                 "total_tokens": res.num_prompt_tokens + res.num_output_tokens,
+                 "draft": s.draft.to_dict(), "target": s.target.to_dict(), "reward": s.reward.to_dict()}
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=content, additional_kwargs=extra),
+                            raw={"usage": usage, "result": res.to_dict()}, additional_kwargs=extra)
+
+    # ------------------------------------------------------------------ chat
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        span_id = active_span_id.get()
+        req, tools = self._request(messages, **kwargs)
+        res = None
+        for e in req.events():
+            ev = _li_event(e, span_id)
+            if ev is not None:
+                dispatcher.event(ev)
+            res = e
+        return self._response(res, tools)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        span_id = active_span_id.get()
+        req, tools = self._request(messages, **kwargs)
+        return self._stream_from(req.events(), span_id, tools)
+
+    def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: bool) -> ChatResponseGen:
+        text, filt = "", ToolCallStreamFilter() if tools else None
+        for e in events:
+            ev = _li_event(e, span_id)
+            if ev is not None:
+                dispatcher.event(ev)
+            if isinstance(e, StepEvent) and e.accepted:
+                delta = filt.feed(e.text) if filt else e.text
+                text += delta
+                if delta:
+                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+            elif isinstance(e, RSDResult):
+                final = self._response(e, tools)
+                tail = filt.finish() if filt else ""
+                final.delta = tail
+                yield final
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        span_id = active_span_id.get()
+        req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
+        res = None
+        async for e in req.aevents():
+            ev = _li_event(e, span_id)
+            if ev is not None:
+                dispatcher.event(ev)
+            res = e
+        return self._response(res, tools)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        span_id = active_span_id.get()
+        req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
+
+        async def gen() -> AsyncIterator[ChatResponse]:
+            text, filt = "", ToolCallStreamFilter() if tools else None
+            async for e in req.aevents():
+                ev = _li_event(e, span_id)
+                if ev is not None:
+                    dispatcher.event(ev)
+                if isinstance(e, StepEvent) and e.accepted:
+                    delta = filt.feed(e.text) if filt else e.text
+                    text += delta
+                    if delta:
+                        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
+                elif isinstance(e, RSDResult):
+                    final = self._response(e, tools)
+                    final.delta = filt.finish() if filt else ""
+                    yield final
+
+        return gen()
+
+    # ------------------------------------------------------------------ completion (a one-turn chat)
+    @staticmethod
+    def _as_chat(prompt: str, formatted: bool) -> list[ChatMessage]:
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidPromptError(f"the prompt must be a non-empty string, got {prompt!r:.60}")
+        return [ChatMessage(role=MessageRole.USER, content=prompt)]
+
+    @staticmethod
+    def _completion(r: ChatResponse) -> CompletionResponse:
+        return CompletionResponse(text=r.message.content or "", delta=r.delta, raw=r.raw,
+                                  additional_kwargs=r.additional_kwargs)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._completion(self.chat(self._as_chat(prompt, formatted), **kwargs))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        gen = self.stream_chat(self._as_chat(prompt, formatted), **kwargs)
+        return (self._completion(r) for r in gen)
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return self._completion(await self.achat(self._as_chat(prompt, formatted), **kwargs))
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        gen = await self.astream_chat(self._as_chat(prompt, formatted), **kwargs)
+
+        async def agen() -> AsyncIterator[CompletionResponse]:
+            async for r in gen:
+                yield self._completion(r)
+
+        return agen()
+
+    # ------------------------------------------------------------------ tools
+    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: str | ChatMessage | None = None,
+                                 chat_history: list[ChatMessage] | None = None, verbose: bool = False,
+                                 allow_parallel_tool_calls: bool = False, tool_required: bool = False,
+                                 **kwargs: Any) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(user_msg if isinstance(user_msg, ChatMessage)
+                            else ChatMessage(role=MessageRole.USER, content=user_msg))
+        specs = [t.metadata.to_openai_tool() for t in tools]
+        return {"messages": messages, "tools": specs or None, **kwargs}
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected at least one tool call, got none; the model said: {response.message.content!r:.200}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["function"]["name"],
+                              tool_kwargs=c["function"]["arguments"]) for c in calls]
+
+
+__all__ = ["RSDLLM", "RSDStepEvent", "RSDTargetInvocationEvent"]
