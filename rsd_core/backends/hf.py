@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.config import SamplingConfig
+from rsd_core.backends.fast import FastCachedModel, fast_path_supported
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
 
@@ -345,13 +346,22 @@ class HFGenerator:
         step_delimiters: list[str] | None = None,
         name: str | None = None,
         sync_every: int | None = None,
+        fast: bool | None = None,
+        max_len: int = 4096,
     ):
+        """``fast``: the static-cache, CUDA-graph decode path (``backends/fast.py``); by default on for
+        supported models on CUDA. ``max_len``: its cache columns per sequence slot."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.sampling = sampling or SamplingConfig()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.cached = CachedModel(model, pad if pad is not None else 0)
+        pad = pad if pad is not None else 0
+        on_gpu = model.get_input_embeddings().weight.device.type == "cuda"
+        use_fast = fast if fast is not None else (on_gpu and fast_path_supported(model))
+        self.cached: CachedModel | FastCachedModel = (
+            FastCachedModel(model, pad, max_len=max_len) if use_fast else CachedModel(model, pad)
+        )
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.context_length = context_length(model)
         self._delimiters = list(step_delimiters or ["\n\n"])

@@ -1,0 +1,330 @@
+"""GPU benchmark: per-token decode speed and RSD wall time on Qwen2.5-Math-1.5B/7B-shaped models.
+
+    python benchmarks/gpu.py --json out/gpu.json
+
+Random bf16 weights, built on the GPU from the public shapes (no download). Prints one table, last:
+
+- ms/token at batch 1 for each model: transformers ``generate`` eager, static cache, ours (the fast path),
+  and ours as a fraction of the bandwidth limit (weight bytes / measured copy bandwidth);
+- RSD with a 1.5B draft, a 7B target and a 1.5B PRM, 64-token steps, where each step is accepted with a
+  fixed probability α (random weights make real rewards meaningless; the PRM still runs, so its cost
+  counts): wall time vs target-only on the same prompts, beside the ideal speedup computed from this
+  run's own per-token times; then the same at larger batches, in problems/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification  # noqa: E402
+
+from rsd_core import RewardGuidedDecoder, RSDConfig  # noqa: E402
+from rsd_core.backends.hf import CachedModel, HFGenerator  # noqa: E402
+from rsd_core.backends.fast import FastCachedModel  # noqa: E402
+from rsd_core.events import ModelUsage  # noqa: E402
+from rsd_core.rewards.base import RewardModel  # noqa: E402
+
+SHAPES = {  # Qwen2.5-Math public configs
+    "1.5B": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                 intermediate_size=8960, vocab_size=151936, tie_word_embeddings=True),
+    "7B": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+               intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False),
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=512, vocab_size=1024, tie_word_embeddings=True),
+}
+PROMPT_LEN, STEP, STEPS = 512, 64, 8
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to check the script itself (--quick)
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+class StubTokenizer:
+    """Random weights need no real tokenizer: prompts map to seeded random ids, text decodes to ''."""
+
+    pad_token_id, eos_token_id, chat_template, unk_token_id = 0, None, None, None
+
+    def __init__(self, vocab: int, prompt_len: int = PROMPT_LEN):
+        self.vocab, self.prompt_len = vocab, prompt_len
+
+    def __len__(self) -> int:
+        return self.vocab
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> Any:
+        rng = random.Random(text)
+        return type("Enc", (), {"input_ids": [rng.randrange(1, min(self.vocab, 1000)) for _ in range(self.prompt_len)]})
+
+    def batch_decode(self, seqs: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        return [""] * len(seqs)
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return ""
+
+    def get_vocab(self) -> dict[str, int]:
+        return {}
+
+
+class AlphaReward(RewardModel):
+    """Runs a real PRM forward over each step (so its cost counts), then accepts with probability α."""
+
+    def __init__(self, prm: CachedModel | FastCachedModel, alpha: float, seed: int = 0):
+        self.prm, self.alpha, self.rng = prm, alpha, random.Random(seed)
+        self.name = f"alpha={alpha}"
+
+    def start(self, seq: int, conversation: Any) -> None:
+        self.prm.new(seq, [1] * PROMPT_LEN)
+
+    def score(self, seqs: list[int], steps: list[str]) -> list[float]:
+        for s in seqs:
+            self.prm.append(s, [2] * STEP)
+        self.prm.run(seqs, all_positions=False)
+        return [1.0 if self.rng.random() < self.alpha else 0.0 for _ in seqs]
+
+    def rollback(self, seqs: list[int]) -> None:
+        for s in seqs:
+            self.prm.truncate(s, STEP)
+
+    def release(self, seqs: list[int]) -> None:
+        for s in seqs:
+            self.prm.release(s)
+
+    def usage(self, seq: int) -> ModelUsage:
+        return self.prm.states[seq].usage
+
+
+def build(shape: str, cls: type = Qwen2ForCausalLM, **extra: Any) -> torch.nn.Module:
+    cfg = Qwen2Config(**SHAPES[shape], max_position_embeddings=32768, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=0, **extra)
+    cfg._attn_implementation = "sdpa"
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(DEV):
+            model = cls(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    model.eval()
+    if hasattr(model, "generation_config"):
+        model.generation_config.eos_token_id = None
+        model.generation_config.pad_token_id = 0
+    return model
+
+
+def cuda_time(fn) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def copy_bandwidth() -> float:
+    x = torch.empty(1 << (30 if DEV == "cuda" else 24), dtype=torch.uint8, device=DEV)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t = cuda_time(lambda: [y.copy_(x) for _ in range(20)])
+    return 2 * x.numel() * 20 / t  # bytes read + written per second
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def hf_ms_per_token(model, static: bool) -> float:
+    ids = torch.randint(1, model.config.vocab_size, (1, PROMPT_LEN), device=DEV)
+    kw = dict(do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(ids))
+    if static:
+        kw["cache_implementation"] = "static"
+    model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)  # warm-up (compiles when static)
+    model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kw)
+    t1 = cuda_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw))
+    t2 = cuda_time(lambda: model.generate(ids, max_new_tokens=129, min_new_tokens=129, **kw))
+    return (t2 - t1) / 128 * 1e3
+
+
+def generator(model, tok, fast: bool = True) -> HFGenerator:
+    return HFGenerator(model, tok, step_delimiters=["\x00\x01\x02"], fast=fast, max_len=2048, sync_every=16)
+
+
+def ours_ms_per_token(gen: HFGenerator, seq_base: int) -> tuple[float, float]:
+    """(ms per decoded token, ms for a 64-token chunk forward) at batch 1."""
+    ids = [random.Random(seq_base).randrange(1, 1000) for _ in range(PROMPT_LEN)]
+    for k in range(2):  # warm-up: capture the graph
+        gen.start(seq_base + k, ids)
+        gen.generate_step([seq_base + k], [16])
+        gen.release([seq_base + k])
+    s = seq_base + 5
+    gen.start(s, ids)
+    gen.generate_step([s], [1])
+    gen.extend([s], [[3] * STEP])
+    t_chunk = cuda_time(lambda: gen.generate_step([s], [1]))
+    t = cuda_time(lambda: gen.generate_step([s], [257]))
+    gen.release([s])
+    return (t - t_chunk) / 256 * 1e3, t_chunk * 1e3
+
+
+def check_fast_matches_plain(model, tok) -> dict[str, Any]:
+    """Greedy tokens of the fast path vs the plain path (bf16: rounding may flip a near-tie late on)."""
+    ids = [random.Random(7).randrange(1, 1000) for _ in range(64)]
+    out = {}
+    for name, fast in (("plain", False), ("fast", True)):
+        g = generator(model, tok, fast=fast)
+        g.start(0, ids)
+        out[name] = g.generate_step([0], [48])[0].token_ids
+        g.release([0])
+    same = next((i for i, (a, b) in enumerate(zip(out["plain"], out["fast"])) if a != b), len(out["fast"]))
+    return {"tokens": len(out["fast"]), "identical_prefix": same}
+
+
+def run_rsd(dec: RewardGuidedDecoder, prompts: list[str], alpha: float | None) -> dict[str, Any]:
+    cfg = RSDConfig(threshold=1.0 if alpha is None else 0.5, max_step_tokens=STEP, max_steps=STEPS,
+                    max_new_tokens=STEP * STEPS, step_delimiters=["\x00\x01\x02"])
+    if alpha is not None:
+        dec.reward = AlphaReward(dec.reward.prm, alpha, seed=1)
+    sync()
+    t = time.perf_counter()
+    res = dec.generate(prompts, config=cfg)
+    sync()
+    wall = time.perf_counter() - t
+    judged = sum(r.stats.draft_steps for r in res)
+    return {"alpha": alpha, "batch": len(prompts), "wall_s": wall, "problems_per_s": len(prompts) / wall,
+            "acceptance": (sum(r.stats.accepted_draft_steps for r in res) / judged) if judged else None,
+            "target_decode_tokens": sum(r.stats.target.decode_tokens for r in res),
+            "tokens_out": sum(r.num_output_tokens for r in res)}
+
+
+def main() -> int:
+    global PROMPT_LEN
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, default=Path("gpu-results.json"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, to check the script itself")
+    ap.add_argument("--prompt-len", type=int, default=PROMPT_LEN)
+    ap.add_argument("--batches", default="1,16,128")
+    ap.add_argument("--alphas", default="0.5,0.8,0.95")
+    ap.add_argument("--skip-hf-static", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=420, help="skip optional parts past this many seconds")
+    a = ap.parse_args()
+    PROMPT_LEN = a.prompt_len
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    R: dict[str, Any] = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu",
+                         "torch": torch.__version__, "errors": []}
+    import transformers
+
+    R["transformers"] = transformers.__version__
+    bw = copy_bandwidth()
+    R["copy_bandwidth_GBps"] = bw / 1e9
+    small, big = ("tiny", "tiny") if a.quick else ("1.5B", "7B")
+    models = {"draft": build(small), "target": build(big), "prm": build(small, Qwen2ForTokenClassification, num_labels=2)}
+    tok = StubTokenizer(SHAPES[big]["vocab_size"], PROMPT_LEN)
+    tok_small = StubTokenizer(SHAPES[small]["vocab_size"], PROMPT_LEN)
+    R["check"] = {}
+    for name in ("draft", "target"):
+        try:
+            R["check"][name] = check_fast_matches_plain(models[name], tok if name == "target" else tok_small)
+        except Exception as e:
+            R["errors"].append(f"check {name}: {e!r}")
+            traceback.print_exc()
+    per_token: dict[str, dict[str, float]] = {}
+    gens = {"draft": generator(models["draft"], tok), "target": generator(models["target"], tok)}
+    for name in ("draft", "target"):
+        row: dict[str, float] = {}
+        m = models[name]
+        row["limit_ms"] = weight_bytes(m) / bw * 1e3
+        try:
+            row["ours_ms"], row["chunk64_ms"] = ours_ms_per_token(gens[name], 1000 * (1 + len(per_token)))
+            row["fraction_of_limit"] = row["limit_ms"] / row["ours_ms"]
+        except Exception as e:
+            R["errors"].append(f"ours {name}: {e!r}")
+            traceback.print_exc()
+        try:
+            row["hf_eager_ms"] = hf_ms_per_token(m, static=False)
+        except Exception as e:
+            R["errors"].append(f"hf eager {name}: {e!r}")
+        per_token[name] = row
+        print(name, json.dumps(row), flush=True)
+    R["per_token"] = per_token
+    # The PRM scores each 64-token step with one chunk forward over its own cache.
+    prm_cache = FastCachedModel(models["prm"], 0, keep_last_logits_only=False, max_len=2048)
+    try:
+        prm_cache.new(0, [1] * PROMPT_LEN)
+        prm_cache.run([0])
+        prm_cache.append(0, [2] * STEP)
+        R["prm_chunk64_ms"] = cuda_time(lambda: prm_cache.run([0])) * 1e3
+        prm_cache.release(0)
+    except Exception as e:
+        R["errors"].append(f"prm chunk: {e!r}")
+    dec = RewardGuidedDecoder(gens["draft"], gens["target"], AlphaReward(prm_cache, 0.8), RSDConfig())
+    R["rsd"] = []
+    for b in [int(x) for x in a.batches.split(",")]:
+        prompts = [f"problem {i}" for i in range(b)]
+        try:
+            run_rsd(dec, prompts[: min(b, 2)], 0.8)  # warm-up (graphs for this batch size)
+            base = run_rsd(dec, prompts, None)
+            R["rsd"].append(base)
+            print(json.dumps(base), flush=True)
+            for alpha in [float(x) for x in a.alphas.split(",")]:
+                r = run_rsd(dec, prompts, alpha)
+                r["speedup"] = base["wall_s"] / r["wall_s"]
+                if b == 1 and "ours_ms" in per_token["target"]:
+                    t_t, t_d = per_token["target"]["ours_ms"], per_token["draft"]["ours_ms"]
+                    t_c = per_token["target"].get("chunk64_ms", t_t)
+                    rsd_step = STEP * t_d + R.get("prm_chunk64_ms", 0) + (1 - alpha) * (STEP * t_t + t_c)
+                    r["ideal_speedup"] = STEP * t_t / rsd_step
+                    r["fraction_of_ideal"] = r["speedup"] / r["ideal_speedup"]
+                R["rsd"].append(r)
+                print(json.dumps(r), flush=True)
+        except Exception as e:
+            R["errors"].append(f"rsd batch {b}: {e!r}")
+            traceback.print_exc()
+        if time.perf_counter() - t_start > a.budget_s:
+            R["errors"].append(f"stopped after batch {b}: time budget")
+            break
+    if not a.skip_hf_static and time.perf_counter() - t_start < a.budget_s - 120:
+        for name in ("draft", "target"):
+            try:
+                per_token[name]["hf_static_ms"] = hf_ms_per_token(models[name], static=True)
+            except Exception as e:
+                R["errors"].append(f"hf static {name}: {e!r}")
+    R["total_s"] = time.perf_counter() - t_start
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(R, indent=2) + "\n")
+    print_table(R)
+    return 0
+
+
+def print_table(R: dict[str, Any]) -> None:
+    f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    print(f"\n{R['device']}, torch {R['torch']}, transformers {R['transformers']}, "
+          f"copy bandwidth {R['copy_bandwidth_GBps']:.0f} GB/s, {R['total_s']:.0f} s")
+    print("| model | HF eager ms/tok | HF static ms/tok | ours ms/tok | limit ms/tok | ours / limit | fast==plain |")
+    print("|---|---|---|---|---|---|---|")
+    for name, row in R["per_token"].items():
+        chk = R["check"].get(name, {})
+        print(f"| {name} | {f(row.get('hf_eager_ms'))} | {f(row.get('hf_static_ms'))} | {f(row.get('ours_ms'))} | "
+              f"{f(row.get('limit_ms'))} | {f(row.get('fraction_of_limit'))} | "
+              f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} |")
+    print("\n| batch | α | wall s | problems/s | acceptance | speedup vs target-only | ideal | of ideal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in R["rsd"]:
+        print(f"| {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | {r['wall_s']:.2f} | "
+              f"{r['problems_per_s']:.2f} | {f(r['acceptance'])} | {f(r.get('speedup'))} | "
+              f"{f(r.get('ideal_speedup'))} | {f(r.get('fraction_of_ideal'))} |")
+    if R["errors"]:
+        print("errors:", *R["errors"], sep="\n  ")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The fast decode path: preallocated KV slots, one shared write column, and a CUDA-graphed decode step.
+
+Plain HF decoding on a GPU is launch-bound (DESIGN.md: a 1.5B draft is barely faster than a 7B target),
+which would turn RSD's FLOPs savings into no time savings. Here every model gets:
+
+- a static KV cache of ``slots`` sequences x ``max_len`` columns, allocated once;
+- one shared write column: every forward (a chunk, or one token for every slot) writes at the next
+  free columns, and a per-slot validity mask says which columns each sequence may attend to. A
+  rejected step is rolled back by clearing its columns in the mask (no data moves); tokens handed
+  over from another model are read as one masked chunk; when the columns run out, each slot's live
+  columns are compacted to the left once;
+- the one-token decode step captured as a CUDA graph (static inputs, mask and cache addresses),
+  with sampling and step-end detection on device and a host sync only every few tokens.
+
+The same code runs eagerly on CPU, where the tests check it against the plain path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from rsd_core.accounting import FlopCounter
+from rsd_core.config import SamplingConfig
+from rsd_core.events import ModelUsage
+
+
+class SlotKVCache:
+    """K/V tensors [slots, kv_heads, max_len, head_dim] per layer, written at a shared device pointer.
+
+    It has the small part of transformers' ``Cache`` interface that attention layers use (``update``).
+    """
+
+    is_compileable = True
+
+    def __init__(self, n_layers: int, slots: int, kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (slots, kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.ptr = torch.zeros((), dtype=torch.long, device=device)  # next column to write
+        self.n_layers, self.max_len = n_layers, max_len
+        self.is_sliding = [False] * n_layers
+        # Attention reads only the first ``view_len`` columns (a bucket just past the write pointer), so a
+        # decode step costs what the sequences hold, not what the cache could hold.
+        self.view_len = max_len
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.arange(key_states.shape[-2], device=self.ptr.device) + self.ptr
+        self.keys[layer_idx].index_copy_(2, idx, key_states)
+        self.values[layer_idx].index_copy_(2, idx, value_states)
+        if layer_idx == self.n_layers - 1:
+            self.ptr.add_(key_states.shape[-2])
+        return self.keys[layer_idx][:, :, : self.view_len], self.values[layer_idx][:, :, : self.view_len]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.view_len, 0
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+
+@dataclass
+class FastSeq:
+    ids: list[int]
+    slot: int
+    cols: list[int] = field(default_factory=list)  # cache column of each cached token, in order
+    own_unfed: int = 0
+    usage: ModelUsage = field(default_factory=ModelUsage)
+
+    @property
+    def n_cached(self) -> int:
+        return len(self.cols)
+
+
+def fast_path_supported(model: PreTrainedModel) -> bool:
+    """Decoder-only models with plain full attention (Qwen2, Llama, Mistral...), no sliding windows."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layer_types = getattr(cfg, "layer_types", None) or ["full_attention"]
+    return (all(t == "full_attention" for t in layer_types) and not getattr(cfg, "use_sliding_window", False)
+            and getattr(cfg, "num_key_value_heads", None) is not None)
+
+
+class FastCachedModel:
+    """Same interface as ``hf.CachedModel`` (``new``/``append``/``truncate``/``release``/``run``)."""
+
+    BUCKET = 256  # attention length granularity (one captured graph per bucket in use)
+
+    def __init__(self, model: PreTrainedModel, pad_id: int, keep_last_logits_only: bool = True,
+                 max_len: int = 4096, slots: int = 1, use_cuda_graph: bool | None = None):
+        self.model, self.pad_id = model, pad_id
+        self.flops = FlopCounter.for_model(model)
+        self.states: dict[int, FastSeq] = {}
+        self.max_len = max_len
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self._shape = (cfg.num_hidden_layers, cfg.num_key_value_heads,
+                       getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        self._logits_kw = {"logits_to_keep": 1} if keep_last_logits_only else {}
+        dev = self.device
+        self.use_cuda_graph = dev.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+        self._alloc(slots)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------ slots
+    def _alloc(self, slots: int) -> None:
+        layers, kv_heads, head_dim = self._shape
+        dtype = self.model.get_input_embeddings().weight.dtype
+        self.slots = slots
+        self.kv = SlotKVCache(layers, slots, kv_heads, head_dim, self.max_len, dtype, self.device)
+        self.valid = torch.zeros(slots, self.max_len, dtype=torch.bool, device=self.device)
+        self.col = 0
+        self.free = list(range(slots))
+        self._graphs: dict[int, Any] = {}
+        self._static: dict[str, torch.Tensor] = {}
+
+    def _grow(self, need: int) -> None:
+        """More slots: copy the live ones into a bigger cache (rare: the batch grew)."""
+        old_kv, old_valid, old_col, old_slots = self.kv, self.valid, self.col, self.slots
+        self._alloc(max(need, 2 * old_slots))
+        for li in range(old_kv.n_layers):
+            self.kv.keys[li][:old_slots] = old_kv.keys[li]
+            self.kv.values[li][:old_slots] = old_kv.values[li]
+        self.valid[:old_slots] = old_valid
+        self.col = old_col
+        self.kv.ptr.fill_(old_col)
+        used = {s.slot for s in self.states.values()}
+        self.free = [i for i in range(self.slots) if i not in used]
+
+    def new(self, seq: int, ids: list[int]) -> None:
+        if not self.free:
+            self._grow(self.slots + 1)
+        self.states[seq] = FastSeq(list(ids), self.free.pop(0))
+
+    def append(self, seq: int, ids: list[int]) -> None:
+        self.states[seq].ids.extend(ids)
+
+    def truncate(self, seq: int, n_remove: int) -> None:
+        s = self.states[seq]
+        if n_remove <= 0:
+            return
+        if n_remove > len(s.ids):
+            raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
+        keep = len(s.ids) - n_remove
+        unfed = len(s.ids) - s.n_cached
+        s.own_unfed = max(0, min(s.own_unfed, unfed - n_remove))
+        del s.ids[keep:]
+        if s.n_cached > keep:  # roll back by index: those columns are simply no longer attended to
+            dropped = s.cols[keep:]
+            del s.cols[keep:]
+            self.valid[s.slot, torch.tensor(dropped, device=self.device)] = False
+
+    def release(self, seq: int) -> None:
+        s = self.states.pop(seq, None)
+        if s is not None:
+            self.valid[s.slot] = False
+            self.free.append(s.slot)
+
+    def _ensure_room(self, n: int) -> None:
+        if self.col + n <= self.max_len:
+            return
+        # Compact: move each slot's live columns to the left, in order.
+        live = max((s.n_cached for s in self.states.values()), default=0)
+        if live + n > self.max_len:
+            raise RuntimeError(f"a sequence needs {live + n} cache columns but the fast cache holds {self.max_len}; "
+                               "raise max_len")
+        for s in self.states.values():
+            if not s.cols:
+                continue
+            idx = torch.tensor(s.cols, device=self.device)
+            for li in range(self.kv.n_layers):
+                self.kv.keys[li][s.slot, :, : len(s.cols)] = self.kv.keys[li][s.slot].index_select(1, idx)
+                self.kv.values[li][s.slot, :, : len(s.cols)] = self.kv.values[li][s.slot].index_select(1, idx)
+            s.cols = list(range(len(s.cols)))
+        self.valid.zero_()
+        for s in self.states.values():
+            self.valid[s.slot, : s.n_cached] = True
+        self.col = live
+        self.kv.ptr.fill_(live)
+
+    # ------------------------------------------------------------------ forwards
+    @torch.inference_mode()
+    def run(self, seqs: list[int], *, budgets: list[int] | None = None, sampling: SamplingConfig | None = None,
+            generator: torch.Generator | None = None, boundary: Any = None, sync_every: int = 8,
+            all_positions: bool = False) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+        states = [self.states[s] for s in seqs]
+        chunks = [s.ids[s.n_cached:] for s in states]
+        if any(not c for c in chunks):
+            raise RuntimeError("internal: a sequence has nothing new to read")
+        N = max(len(c) for c in chunks)
+        self._ensure_room(N + (max(budgets) if budgets else 0))
+        dev, S, col = self.device, self.slots, self.col
+        # The chunk: left-padded so that every slot's newest token is in the last column.
+        ids = torch.full((S, N), self.pad_id, dtype=torch.long)
+        pos = torch.zeros((S, N), dtype=torch.long)
+        lens = torch.zeros(S, dtype=torch.long)
+        for s, c in zip(states, chunks):
+            ids[s.slot, N - len(c):] = torch.tensor(c)
+            pos[s.slot, N - len(c):] = torch.arange(s.n_cached, s.n_cached + len(c))
+            lens[s.slot] = len(c)
+        ids, pos, lens = ids.to(dev), pos.to(dev), lens.to(dev)
+        q = torch.arange(N, device=dev)
+        in_chunk = (q[None, :] >= (N - lens)[:, None])  # [S, N]: key column holds a real token of the slot
+        causal = q[None, :] <= q[:, None]  # [N(query), N(key)]
+        block = causal[None] & in_chunk[:, None, :]  # [S, N, N]
+        block |= torch.eye(N, dtype=torch.bool, device=dev)[None]  # every query sees itself: no empty rows
+        L = self._view(col + N)
+        mask = self.valid[:, None, None, :L].expand(S, 1, N, L).clone()
+        mask[:, 0, :, col: col + N] = block
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.kv,
+                         use_cache=True, **({} if all_positions else self._logits_kw))
+        self.col += N
+        for s, c in zip(states, chunks):
+            start = col + N - len(c)
+            self.valid[s.slot, start: col + N] = True
+            s.cols.extend(range(start, col + N))
+            s.usage.prefill_tokens += len(c) - s.own_unfed
+            s.usage.flops += self.flops.forward(len(c), s.n_cached - len(c))
+            s.usage.calls += 1
+            s.own_unfed = 0
+        slots = torch.tensor([s.slot for s in states], device=dev)
+        logits = out.logits if all_positions else out.logits[:, -1]
+        if not budgets:
+            return logits.index_select(0, slots), [[] for _ in seqs], [False] * len(seqs)
+
+        budget_t = torch.zeros(S, dtype=torch.long, device=dev)
+        budget_t[slots] = torch.tensor(budgets, device=dev)
+        active = torch.zeros(S, dtype=torch.bool, device=dev)
+        active[slots] = True
+        next_pos = (pos[:, -1] + 1).clone()
+        gen, n_gen, eos = self._decode(logits, active, budget_t, next_pos, max(budgets), sampling, generator,
+                                       boundary, sync_every)
+        n_gen_l = n_gen[slots].tolist()
+        rows = gen.index_select(0, slots).tolist()
+        eos_l = eos[slots].tolist()
+        dec_col0 = col + N
+        gens = []
+        for s, row, n in zip(states, rows, n_gen_l):
+            fed = max(0, n - 1)  # the last sampled token is not read yet
+            ctx = s.n_cached
+            s.cols.extend(range(dec_col0, dec_col0 + fed))
+            s.ids.extend(row[:n])
+            s.own_unfed = 1
+            s.usage.decode_tokens += n
+            s.usage.flops += self.flops.forward(fed, ctx)
+            gens.append(row[:n])
+        return logits.index_select(0, slots), gens, eos_l
+
+    def _decode(self, logits, active, budget_t, next_pos, max_budget, sampling, generator, boundary, sync_every):
+        from rsd_core.backends.hf import sample_next
+
+        dev, S = logits.device, self.slots
+        gen = torch.full((S, max_budget), self.pad_id, dtype=torch.long, device=dev)
+        n_gen = torch.zeros(S, dtype=torch.long, device=dev)
+        done = ~active
+        eos = torch.zeros(S, dtype=torch.bool, device=dev)
+        prev = torch.full((S,), boundary.none, dtype=torch.long, device=dev)
+        for t in range(max_budget):
+            tok = sample_next(logits, sampling, generator)
+            live = ~done
+            gen[:, t] = tok
+            n_gen += live
+            step_end, is_eos = boundary.ends(prev, tok)
+            eos |= live & is_eos
+            done |= live & (step_end | (n_gen >= budget_t))
+            prev = tok
+            if t + 1 == max_budget or ((t + 1) % sync_every == 0 and bool(done.all())):
+                break
+            logits = self._decode_one(tok, next_pos, ~done)
+            next_pos = next_pos + (~done).long()
+        return gen, n_gen, eos
+
+    def _view(self, end: int) -> int:
+        """The attention length for a forward that writes up to column ``end``: the next bucket."""
+        L = min(self.max_len, -(-end // self.BUCKET) * self.BUCKET)
+        self.kv.view_len = L
+        return L
+
+    def _decode_one(self, tok: torch.Tensor, pos: torch.Tensor, feed: torch.Tensor) -> torch.Tensor:
+        """One token for every slot, written at the shared column; only ``feed`` slots keep theirs."""
+        col = self.col
+        L = self._view(col + 1)
+        self.valid[:, col] = True  # each query sees its own new column (fed or not: no empty rows)
+        if self.use_cuda_graph:
+            logits = self._graph_step(tok, pos, L)
+        else:
+            logits = self._eager_step(tok[:, None], pos[:, None], L)
+        self.valid[:, col] = feed
+        self.col += 1
+        return logits
+
+    def _eager_step(self, tok: torch.Tensor, pos: torch.Tensor, L: int) -> torch.Tensor:
+        out = self.model(input_ids=tok, position_ids=pos, attention_mask=self.valid[:, None, None, :L],
+                         past_key_values=self.kv, use_cache=True, **self._logits_kw)
+        return out.logits[:, -1]
+
+    def _graph_step(self, tok: torch.Tensor, pos: torch.Tensor, L: int) -> torch.Tensor:
+        if not self._static:
+            S, dev = self.slots, self.device
+            self._static = {"tok": torch.full((S, 1), self.pad_id, dtype=torch.long, device=dev),
+                            "pos": torch.zeros((S, 1), dtype=torch.long, device=dev)}
+        if L not in self._graphs:
+            self._graphs[L] = self._capture(L)
+        self._static["tok"].copy_(tok[:, None])
+        self._static["pos"].copy_(pos[:, None])
+        graph, logits = self._graphs[L]
+        graph.replay()
+        return logits
+
+    def _capture(self, L: int) -> tuple[Any, torch.Tensor]:
+        """Record the one-token forward for attention length ``L``; replays reuse its buffers."""
+        ptr0 = self.kv.ptr.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up (lazily initialised kernels and workspaces) outside the graph
+                self._eager_step(self._static["tok"], self._static["pos"], L)
+                self.kv.ptr.copy_(ptr0)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._eager_step(self._static["tok"], self._static["pos"], L)
+        self.kv.ptr.copy_(ptr0)
+        return graph, logits
