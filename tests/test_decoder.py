@@ -77,7 +77,7 @@ def test_rejected_step_is_rewritten_by_target_from_same_prefix(tiny_paths):
     assert rewritten.source == "target" and rewritten.accepted and rewritten.step_index == 1
     # The target continues from prompt + the accepted first step, exactly as it would on its own.
     target = HFGenerator.from_pretrained(tiny_paths["target"])
-    target.start(0, target.render_prompt(PROMPTS[1]) + target.encode_text(first.text))
+    target.start(0, target.render_prompt(PROMPTS[1]) + first.token_ids)  # same tokenizer: ids handed over
     expected = target.generate_step([0], [10])[0]
     assert rewritten.text == expected.text
     assert res.text.startswith(first.text + rewritten.text)

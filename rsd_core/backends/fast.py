@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
+from rsd_core.sampling import sample_next
 
 
 class SlotKVCache:
@@ -120,8 +121,18 @@ class FastCachedModel:
         self.valid = torch.zeros(slots, self.max_len, dtype=torch.bool, device=self.device)
         self.col = 0
         self.free = list(range(slots))
-        self._graphs: dict[int, Any] = {}
-        self._static: dict[str, torch.Tensor] = {}
+        dev, S = self.device, slots
+        # Decode state, on device, updated in place by the (graphed) step: see ``_step_body``.
+        self.d = {
+            "tok": torch.zeros(S, dtype=torch.long, device=dev), "prev": torch.zeros(S, dtype=torch.long, device=dev),
+            "pos": torch.zeros(S, dtype=torch.long, device=dev), "done": torch.ones(S, dtype=torch.bool, device=dev),
+            "n_gen": torch.zeros(S, dtype=torch.long, device=dev), "eos": torch.zeros(S, dtype=torch.bool, device=dev),
+            "budget": torch.zeros(S, dtype=torch.long, device=dev), "t": torch.zeros((), dtype=torch.long, device=dev),
+            "gen": torch.zeros(S, self.max_len, dtype=torch.long, device=dev),
+        }
+        self._chunk_in: dict[int, dict[str, torch.Tensor]] = {}
+        self._graphs: dict[tuple, tuple[Any, Any]] = {}
+        self._pool: Any = None
 
     def _grow(self, need: int) -> None:
         """More slots: copy the live ones into a bigger cache (rare: the batch grew)."""
@@ -164,6 +175,9 @@ class FastCachedModel:
         if s is not None:
             self.valid[s.slot] = False
             self.free.append(s.slot)
+        if not any(st.cols for st in self.states.values()):  # nothing cached: start from column 0 again
+            self.col = 0
+            self.kv.ptr.zero_()
 
     def _ensure_room(self, n: int) -> None:
         if self.col + n <= self.max_len:
@@ -188,61 +202,83 @@ class FastCachedModel:
         self.kv.ptr.fill_(live)
 
     # ------------------------------------------------------------------ forwards
+    def _view(self, end: int) -> int:
+        """The attention length for a forward that writes up to column ``end``: the next bucket."""
+        L = min(self.max_len, -(-end // self.BUCKET) * self.BUCKET)
+        self.kv.view_len = L
+        return L
+
     @torch.inference_mode()
     def run(self, seqs: list[int], *, budgets: list[int] | None = None, sampling: SamplingConfig | None = None,
             generator: torch.Generator | None = None, boundary: Any = None, sync_every: int = 8,
-            all_positions: bool = False) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+            all_positions: bool = False, vocab_limit: int | None = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+        """As ``CachedModel.run``: read the pending tokens of ``seqs``, then decode until each step ends."""
         states = [self.states[s] for s in seqs]
         chunks = [s.ids[s.n_cached:] for s in states]
         if any(not c for c in chunks):
             raise RuntimeError("internal: a sequence has nothing new to read")
-        N = max(len(c) for c in chunks)
+        N = 1 << (max(len(c) for c in chunks) - 1).bit_length()  # chunk widths in powers of two: few graphs
         self._ensure_room(N + (max(budgets) if budgets else 0))
         dev, S, col = self.device, self.slots, self.col
-        # The chunk: left-padded so that every slot's newest token is in the last column.
-        ids = torch.full((S, N), self.pad_id, dtype=torch.long)
+        ids = torch.full((S, N), self.pad_id, dtype=torch.long)  # left-padded: newest token last
         pos = torch.zeros((S, N), dtype=torch.long)
         lens = torch.zeros(S, dtype=torch.long)
         for s, c in zip(states, chunks):
             ids[s.slot, N - len(c):] = torch.tensor(c)
             pos[s.slot, N - len(c):] = torch.arange(s.n_cached, s.n_cached + len(c))
             lens[s.slot] = len(c)
-        ids, pos, lens = ids.to(dev), pos.to(dev), lens.to(dev)
-        q = torch.arange(N, device=dev)
-        in_chunk = (q[None, :] >= (N - lens)[:, None])  # [S, N]: key column holds a real token of the slot
-        causal = q[None, :] <= q[:, None]  # [N(query), N(key)]
-        block = causal[None] & in_chunk[:, None, :]  # [S, N, N]
-        block |= torch.eye(N, dtype=torch.bool, device=dev)[None]  # every query sees itself: no empty rows
         L = self._view(col + N)
-        mask = self.valid[:, None, None, :L].expand(S, 1, N, L).clone()
-        mask[:, 0, :, col: col + N] = block
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=self.kv,
-                         use_cache=True, **({} if all_positions else self._logits_kw))
+        buf = self._chunk_in.get(N)
+        if buf is None:
+            buf = self._chunk_in[N] = {k: torch.zeros(shape, dtype=torch.long, device=dev)
+                                       for k, shape in (("ids", (S, N)), ("pos", (S, N)), ("lens", (S,)))}
+        buf["ids"].copy_(ids)
+        buf["pos"].copy_(pos)
+        buf["lens"].copy_(lens)
+        logits = self._replay(("chunk", N, L, all_positions), lambda: self._chunk_body(N, L, all_positions))
         self.col += N
         for s, c in zip(states, chunks):
-            start = col + N - len(c)
-            self.valid[s.slot, start: col + N] = True
-            s.cols.extend(range(start, col + N))
+            s.cols.extend(range(col + N - len(c), col + N))
             s.usage.prefill_tokens += len(c) - s.own_unfed
             s.usage.flops += self.flops.forward(len(c), s.n_cached - len(c))
             s.usage.calls += 1
             s.own_unfed = 0
         slots = torch.tensor([s.slot for s in states], device=dev)
-        logits = out.logits if all_positions else out.logits[:, -1]
         if not budgets:
             return logits.index_select(0, slots), [[] for _ in seqs], [False] * len(seqs)
 
-        budget_t = torch.zeros(S, dtype=torch.long, device=dev)
-        budget_t[slots] = torch.tensor(budgets, device=dev)
-        active = torch.zeros(S, dtype=torch.bool, device=dev)
-        active[slots] = True
-        next_pos = (pos[:, -1] + 1).clone()
-        gen, n_gen, eos = self._decode(logits, active, budget_t, next_pos, max(budgets), sampling, generator,
-                                       boundary, sync_every)
-        n_gen_l = n_gen[slots].tolist()
-        rows = gen.index_select(0, slots).tolist()
-        eos_l = eos[slots].tolist()
-        dec_col0 = col + N
+        # Decode: the state lives on device; each step (forward, pick, step-end test) is one graph replay.
+        d = self.d
+        d["done"].fill_(True)
+        d["done"][slots] = False
+        d["budget"].zero_()
+        d["budget"][slots] = torch.tensor(budgets, device=dev)
+        for k in ("n_gen", "eos", "t"):
+            d[k].zero_()
+        d["prev"].fill_(boundary.none)
+        d["pos"].copy_(buf["pos"][:, -1] + 1)
+        limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
+        greedy = sampling is None or sampling.greedy
+
+        def pick(lg: torch.Tensor) -> torch.Tensor:
+            lg = lg[:, :limit]
+            return lg.argmax(-1) if greedy else sample_next(lg, sampling, generator)
+
+        self._record(pick(logits), boundary)
+        dec_col0 = self.col
+        max_budget = max(budgets)
+        for t in range(1, max_budget):
+            if t % sync_every == 0 and bool(d["done"].all()):
+                break
+            L = self._view(self.col + 1)
+            if greedy:
+                self._replay(("step", L, limit, id(boundary)), lambda: self._step_body(L, pick, boundary))
+            else:  # sampling draws from a host-seeded generator: run the same step eagerly
+                self._step_body(L, pick, boundary)
+            self.col += 1
+        n_gen_l = d["n_gen"][slots].tolist()
+        rows = d["gen"].index_select(0, slots)[:, :max_budget].tolist()
+        eos_l = d["eos"][slots].tolist()
         gens = []
         for s, row, n in zip(states, rows, n_gen_l):
             fed = max(0, n - 1)  # the last sampled token is not read yet
@@ -255,79 +291,73 @@ class FastCachedModel:
             gens.append(row[:n])
         return logits.index_select(0, slots), gens, eos_l
 
-    def _decode(self, logits, active, budget_t, next_pos, max_budget, sampling, generator, boundary, sync_every):
-        from rsd_core.backends.hf import sample_next
+    # Bodies: only in-place updates of preallocated tensors, so each can be captured and replayed.
+    def _chunk_body(self, N: int, L: int, all_positions: bool) -> torch.Tensor:
+        buf, S, dev = self._chunk_in[N], self.slots, self.device
+        q = torch.arange(N, device=dev)
+        cols = self.kv.ptr + q
+        in_chunk = q[None, :] >= (N - buf["lens"])[:, None]  # [S, N]: this column holds a real token
+        block = ((q[None, :] <= q[:, None])[None] & in_chunk[:, None, :]) | torch.eye(N, dtype=torch.bool, device=dev)
+        mask = self.valid[:, None, None, :L].expand(S, 1, N, L).clone()
+        mask.index_copy_(3, cols, block[:, None])  # every query sees itself: no row is fully masked
+        out = self.model(input_ids=buf["ids"], attention_mask=mask, position_ids=buf["pos"],
+                         past_key_values=self.kv, use_cache=True, **({} if all_positions else self._logits_kw))
+        self.valid.index_copy_(1, cols, in_chunk)
+        return out.logits if all_positions else out.logits[:, -1]
 
-        dev, S = logits.device, self.slots
-        gen = torch.full((S, max_budget), self.pad_id, dtype=torch.long, device=dev)
-        n_gen = torch.zeros(S, dtype=torch.long, device=dev)
-        done = ~active
-        eos = torch.zeros(S, dtype=torch.bool, device=dev)
-        prev = torch.full((S,), boundary.none, dtype=torch.long, device=dev)
-        for t in range(max_budget):
-            tok = sample_next(logits, sampling, generator)
-            live = ~done
-            gen[:, t] = tok
-            n_gen += live
-            step_end, is_eos = boundary.ends(prev, tok)
-            eos |= live & is_eos
-            done |= live & (step_end | (n_gen >= budget_t))
-            prev = tok
-            if t + 1 == max_budget or ((t + 1) % sync_every == 0 and bool(done.all())):
-                break
-            logits = self._decode_one(tok, next_pos, ~done)
-            next_pos = next_pos + (~done).long()
-        return gen, n_gen, eos
+    def _step_body(self, L: int, pick: Any, boundary: Any) -> torch.Tensor:
+        d = self.d
+        feed = ~d["done"]
+        col = self.kv.ptr.clone().view(1)
+        self.valid.index_fill_(1, col, True)  # every query sees its own new column: no empty rows
+        out = self.model(input_ids=d["tok"][:, None], position_ids=d["pos"][:, None],
+                         attention_mask=self.valid[:, None, None, :L], past_key_values=self.kv, use_cache=True,
+                         **self._logits_kw)
+        self.valid.index_copy_(1, col, feed[:, None])  # only the slots that were fed keep the column
+        d["pos"].add_(feed.long())
+        self._record(pick(out.logits[:, -1]), boundary)
+        return d["tok"]
 
-    def _view(self, end: int) -> int:
-        """The attention length for a forward that writes up to column ``end``: the next bucket."""
-        L = min(self.max_len, -(-end // self.BUCKET) * self.BUCKET)
-        self.kv.view_len = L
-        return L
+    def _record(self, nxt: torch.Tensor, boundary: Any) -> None:
+        d = self.d
+        live = ~d["done"]
+        d["gen"].index_copy_(1, d["t"].view(1), nxt[:, None])
+        d["t"].add_(1)
+        d["n_gen"].add_(live.long())
+        step_end, is_eos = boundary.ends(d["prev"], nxt)
+        d["eos"].logical_or_(live & is_eos)
+        d["done"].logical_or_(live & (step_end | (d["n_gen"] >= d["budget"])))
+        d["prev"].copy_(nxt)
+        d["tok"].copy_(nxt)
 
-    def _decode_one(self, tok: torch.Tensor, pos: torch.Tensor, feed: torch.Tensor) -> torch.Tensor:
-        """One token for every slot, written at the shared column; only ``feed`` slots keep theirs."""
-        col = self.col
-        L = self._view(col + 1)
-        self.valid[:, col] = True  # each query sees its own new column (fed or not: no empty rows)
-        if self.use_cuda_graph:
-            logits = self._graph_step(tok, pos, L)
-        else:
-            logits = self._eager_step(tok[:, None], pos[:, None], L)
-        self.valid[:, col] = feed
-        self.col += 1
-        return logits
-
-    def _eager_step(self, tok: torch.Tensor, pos: torch.Tensor, L: int) -> torch.Tensor:
-        out = self.model(input_ids=tok, position_ids=pos, attention_mask=self.valid[:, None, None, :L],
-                         past_key_values=self.kv, use_cache=True, **self._logits_kw)
-        return out.logits[:, -1]
-
-    def _graph_step(self, tok: torch.Tensor, pos: torch.Tensor, L: int) -> torch.Tensor:
-        if not self._static:
-            S, dev = self.slots, self.device
-            self._static = {"tok": torch.full((S, 1), self.pad_id, dtype=torch.long, device=dev),
-                            "pos": torch.zeros((S, 1), dtype=torch.long, device=dev)}
-        if L not in self._graphs:
-            self._graphs[L] = self._capture(L)
-        self._static["tok"].copy_(tok[:, None])
-        self._static["pos"].copy_(pos[:, None])
-        graph, logits = self._graphs[L]
+    def _replay(self, key: tuple, body: Any) -> torch.Tensor:
+        """Run ``body`` through a CUDA graph captured on first use (eagerly off CUDA)."""
+        if not self.use_cuda_graph:
+            return body()
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(body)
+        graph, out = self._graphs[key]
         graph.replay()
-        return logits
+        return out
 
-    def _capture(self, L: int) -> tuple[Any, torch.Tensor]:
-        """Record the one-token forward for attention length ``L``; replays reuse its buffers."""
-        ptr0 = self.kv.ptr.clone()
+    def _capture(self, body: Any) -> tuple[Any, Any]:
+        # Warm-up runs and the capture write to the cache and the state: save and restore what they touch.
+        saved = {k: v.clone() for k, v in self.d.items()}
+        ptr0, valid0 = self.kv.ptr.clone(), self.valid.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up (lazily initialised kernels and workspaces) outside the graph
-                self._eager_step(self._static["tok"], self._static["pos"], L)
+            for _ in range(2):  # lazily initialised kernels and workspaces, outside the graph
+                body()
                 self.kv.ptr.copy_(ptr0)
         torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._eager_step(self._static["tok"], self._static["pos"], L)
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = body()
+        for k, v in saved.items():
+            self.d[k].copy_(v)
         self.kv.ptr.copy_(ptr0)
-        return graph, logits
+        self.valid.copy_(valid0)
+        return graph, out

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.config import SamplingConfig
+from rsd_core.sampling import sample_next
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
@@ -129,26 +130,6 @@ class StepBoundary:
         return ended, is_eos
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row; greedy is argmax, the rest stays on device (no host sync)."""
-    if cfg.greedy:
-        return logits.argmax(-1)
-    logits = logits.float() / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix with mass >= top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 # --------------------------------------------------------------------------- per-sequence caches
 
 
@@ -218,6 +199,7 @@ class CachedModel:
         boundary: StepBoundary | None = None,
         sync_every: int = 1,
         all_positions: bool = False,
+        vocab_limit: int | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Read every sequence's pending tokens, then (with ``budgets``) sample until each step ends.
 
@@ -256,7 +238,8 @@ class CachedModel:
         n_gen_list = [0] * B
         if budgets:
             assert sampling is not None and boundary is not None
-            gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, generator, boundary, sync_every)
+            gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, generator, boundary,
+                                           sync_every, vocab_limit or logits.shape[-1])
             n_gen_list = n_gen.tolist()
             gen_rows = gen.tolist()
             eos_flags = eos.tolist()
@@ -297,7 +280,7 @@ class CachedModel:
             data.append((k, v))
         return DynamicCache(ddp_cache_data=data)
 
-    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every):
+    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every, limit):
         dev = logits.device
         B, max_budget = logits.shape[0], max(budgets)
         budget_t = torch.tensor(budgets, device=dev)
@@ -307,7 +290,7 @@ class CachedModel:
         eos = torch.zeros(B, dtype=torch.bool, device=dev)
         prev = torch.full((B,), boundary.none, dtype=torch.long, device=dev)
         for t in range(max_budget):
-            tok = sample_next(logits, sampling, generator)
+            tok = sample_next(logits[:, :limit], sampling, generator)  # ids past the tokenizer are padding
             active = ~done
             gen[:, t] = tok
             n_gen += active
@@ -430,7 +413,7 @@ class HFGenerator:
         budgets = [max(1, min(b, self.context_length - len(self.cached.states[s].ids))) for s, b in zip(seqs, budgets)]
         _, gens, eos = self.cached.run(
             seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
-            boundary=self.boundary, sync_every=self.sync_every,
+            boundary=self.boundary, sync_every=self.sync_every, vocab_limit=len(self.tokenizer),
         )
         texts = self.tokenizer.batch_decode(gens, skip_special_tokens=True)
         delims = self._delimiters

@@ -1,20 +1,24 @@
 """A byte-level BPE tokenizer trained on the toy task, saved as a standard transformers tokenizer.
 
-Digits are always split one per token (as Qwen and Llama 3 do), the step delimiter ``"\\n\\n"`` is one
-token, and the chat template is ChatML, so everything downstream treats it like a real model's.
+Digits are always split one per token and pre-tokenization is Qwen2's (so the step delimiter ``"\\n\\n"``
+becomes one token), and the chat template is ChatML: everything downstream treats it like a real model's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<extra_0>"]
 STEP_TAG = "<extra_0>"
-# GPT-style pieces, except that a number is split into single digits (the space joins the first).
-_PRETOKENIZE = r" ?\p{L}+| ?\d| ?[^\s\p{L}\d]+|\s+(?!\S)|\s+"
+# Qwen2's pre-tokenization (single digits, newline runs kept whole), so that ``AutoTokenizer``, which
+# gives a Qwen2-architecture checkpoint the Qwen2 tokenizer class, splits text exactly as training did.
+_PRETOKENIZE = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
 
 # ChatML, the format of Qwen2.5 instruct models. Tools, when given, are listed in the system turn and
 # tool results come back as a "tool" turn, so agent frameworks can drive the toy models too.
@@ -50,8 +54,6 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
-    # The delimiter is matched before pre-tokenization, so it is one token wherever it appears.
-    tok.add_tokens([AddedToken("\n\n", special=False, normalized=False)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

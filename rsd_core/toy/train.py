@@ -32,7 +32,7 @@ _CLASS_WEIGHT = torch.tensor([2.0, 1.0])  # training problems come from this str
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
-    "draft": (64, 2, 4, 2, 192),
+    "draft": (96, 3, 4, 2, 256),
     "target": (128, 4, 4, 2, 384),
 }
 
@@ -54,6 +54,23 @@ def _config(tok: PreTrainedTokenizerFast, name: str, **extra) -> Qwen2Config:
         pad_token_id=tok.pad_token_id,
         **extra,
     )
+
+
+def _reloaded(tok: PreTrainedTokenizerFast, tmp: Path, sample: list[str]) -> PreTrainedTokenizerFast:
+    """Train with the tokenizer exactly as ``AutoTokenizer`` will load it next to a Qwen2 config."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(tmp)
+    Qwen2Config(vocab_size=len(tok)).save_pretrained(tmp)
+    loaded = AutoTokenizer.from_pretrained(tmp)
+    shutil.rmtree(tmp)
+    for text in sample:
+        if loaded(text).input_ids != tok(text).input_ids:
+            raise RuntimeError(f"the saved toy tokenizer does not load back the same: {text[:80]!r}")
+    return loaded
 
 
 def chat_prompt(tok: PreTrainedTokenizerFast, question: str) -> str:
@@ -128,7 +145,7 @@ def corrupt_step(rng: random.Random, p: ToyProblem, k: int) -> str:
 @torch.no_grad()
 def sample_draft_steps(draft, tok, rng: random.Random, n: int, log) -> list[tuple[ToyProblem, int, str]]:
     """Let the trained draft write step k after k reference steps; keep (problem, k, step text)."""
-    delim_id = tok.convert_tokens_to_ids(STEP_DELIMITER)
+    (delim_id,) = tok(STEP_DELIMITER, add_special_tokens=False).input_ids
     out: list[tuple[ToyProblem, int, str]] = []
     tok.padding_side = "left"
     for start in range(0, n, 256):
@@ -153,7 +170,13 @@ def sample_draft_steps(draft, tok, rng: random.Random, n: int, log) -> list[tupl
 
 
 def prm_example(tok, rng: random.Random, pool) -> tuple[list[int], list[int]]:
-    """One PRM sequence: question, k good steps and one last step that is good or bad, tags labelled."""
+    """One PRM sequence: question, k good steps and one last step that is good or bad.
+
+    Every token of a step is labelled "is the step right so far" (its tokens are a prefix of the
+    reference step's), and the tag "is the whole step right". The dense labels teach the classifier
+    where a step goes wrong, which it learns far faster than from the tag alone; at inference only the
+    tag is read.
+    """
     if rng.random() < 0.5:
         p, k, last = pool[rng.randrange(len(pool))]
     else:
@@ -166,9 +189,10 @@ def prm_example(tok, rng: random.Random, pool) -> tuple[list[int], list[int]]:
     tag = tok.convert_tokens_to_ids(STEP_TAG)
     for i, s in enumerate(steps):
         s_ids = tok(s, add_special_tokens=False).input_ids
+        ref = tok(p.solution_steps[i], add_special_tokens=False).input_ids
         ids += s_ids + [tag]
-        good = s == p.solution_steps[i]
-        labels += [-100] * len(s_ids) + [int(good)]
+        prefix_ok = [int(s_ids[: j + 1] == ref[: j + 1]) for j in range(len(s_ids))]
+        labels += prefix_ok + [int(s == p.solution_steps[i])]
     return ids, labels
 
 
@@ -207,9 +231,9 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     for _ in range(4000):
         p = make_problem(corpus_rng)
         corpus.append(f"<|im_start|>user\n{p.question}<|im_end|>\n<|im_start|>assistant\n{p.solution}")
-    tok = train_tokenizer(corpus)
+    tok = _reloaded(train_tokenizer(corpus), out / "_tokenizer_check", corpus[:300])
     log(f"tokenizer: {len(tok)} tokens")
-    plan = {"draft": (int(1000 * scale), 3e-3), "target": (int(2000 * scale), 2e-3), "prm": (int(800 * scale), 1e-3)}
+    plan = {"draft": (int(1200 * scale), 3e-3), "target": (int(2000 * scale), 2e-3), "prm": (int(1000 * scale), 2e-3)}
     out.mkdir(parents=True, exist_ok=True)
     models = {}
     for name in ("draft", "target"):
@@ -229,6 +253,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     prm.model.load_state_dict(models["target"].model.state_dict())
     train_prm(prm, tok, rng, pool, max(steps, 1), 64, lr, log)
     models["prm"] = prm
+    prm.config.rsd_reward = {"type": "step_tag", "step_tag": STEP_TAG, "system_prompt": None}
     for name, model in models.items():
         if hasattr(model, "generation_config"):
             model.generation_config.pad_token_id = tok.pad_token_id
