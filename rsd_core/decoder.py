@@ -129,7 +129,12 @@ class RewardGuidedDecoder:
         cfg = config or RSDConfig()
         d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, **kw)
         t = HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
-        r = load_reward_model(reward, reward_type=reward_type, **kw) if reward is not None else None
+        if reward_type == "llm_judge" and reward == target:  # the loaded target judges: no third model
+            from rsd_core.rewards import LLMJudge
+
+            r: RewardModel | None = LLMJudge(t.model, t.tokenizer, name=f"{target} (judge)")
+        else:
+            r = load_reward_model(reward, reward_type=reward_type, **kw) if reward is not None else None
         return cls(d, t, r, cfg)
 
     @classmethod

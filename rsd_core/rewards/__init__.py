@@ -14,15 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from rsd_core.errors import ModelLoadError, UnknownRewardModelError
+from rsd_core.rewards.arithmetic import arithmetic_reward
 from rsd_core.rewards.base import RewardModel, question_of
+from rsd_core.rewards.chat_judge import ChatPRM, LLMJudge
 from rsd_core.rewards.function import FunctionReward
+from rsd_core.rewards.math_shepherd import MathShepherdPRM
 from rsd_core.rewards.step_tag import StepTagPRM
+from rsd_core.rewards.value_head import ValueHeadPRM
 
 FAMILIES: dict[str, Callable[..., RewardModel]] = {
-    "step_tag": StepTagPRM.from_pretrained,
+    "step_tag": StepTagPRM.from_pretrained,  # Qwen2.5-Math-PRM, the toy PRM, *ForTokenClassification
+    "value_head": ValueHeadPRM.from_pretrained,  # Skywork-o1-Open-PRM
+    "math_shepherd": MathShepherdPRM.from_pretrained,  # math-shepherd-mistral-7b-prm
+    "chat_prm": ChatPRM.from_pretrained,  # RLHFlow Llama3.1-8B-PRM-*
+    "llm_judge": LLMJudge.from_pretrained,  # any chat model
 }
+BUILTIN_FUNCTIONS = {"arithmetic": arithmetic_reward}
 
-__all__ = ["FAMILIES", "FunctionReward", "RewardModel", "StepTagPRM", "detect_reward_type", "load_reward_model", "question_of"]
+__all__ = ["FAMILIES", "ChatPRM", "FunctionReward", "LLMJudge", "MathShepherdPRM", "RewardModel", "StepTagPRM",
+           "ValueHeadPRM", "arithmetic_reward", "detect_reward_type", "load_reward_model", "question_of"]
 
 
 def _read_config(name_or_path: str) -> dict[str, Any]:
@@ -39,8 +49,31 @@ def _read_config(name_or_path: str) -> dict[str, Any]:
         raise ModelLoadError(f"could not read the config of reward model {name_or_path!r}: {e}") from e
 
 
+def _weight_names(name_or_path: str) -> list[str]:
+    local = Path(name_or_path)
+    index = local / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text())["weight_map"])
+    names: list[str] = []
+    for f in local.glob("*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as st:
+            names += list(st.keys())
+    return names
+
+
+def _vocab_has(name_or_path: str, token: str) -> bool:
+    f = Path(name_or_path) / "tokenizer.json"
+    if not f.is_file():
+        return False
+    text = f.read_text(encoding="utf-8")
+    return f'"{token}"' in text or json.dumps(token) in text
+
+
 def detect_reward_type(name_or_path: str) -> str:
-    """The family of a checkpoint, from what it declares: ``rsd_reward.type``, then its architectures."""
+    """A checkpoint's family, from what it declares (``rsd_reward.type``), its architectures, its weight
+    names and its special tokens."""
     cfg = _read_config(name_or_path)
     declared = (cfg.get("rsd_reward") or {}).get("type")
     if declared:
@@ -48,10 +81,14 @@ def detect_reward_type(name_or_path: str) -> str:
     archs = cfg.get("architectures") or []
     if any(a.endswith("ForTokenClassification") or a.endswith("ForProcessRewardModel") for a in archs):
         return "step_tag"
+    if any(n.startswith("v_head.") for n in _weight_names(name_or_path)):
+        return "value_head"
+    if any(a.endswith("ForCausalLM") for a in archs) and _vocab_has(name_or_path, "ки"):
+        return "math_shepherd"
     raise UnknownRewardModelError(
         f"cannot tell which reward-model family {name_or_path!r} belongs to (architectures={archs}). "
-        f"Supported: {', '.join(sorted(FAMILIES))}. Pass reward_type=... to choose one, "
-        "or a Python function (question, previous_steps, step) -> float."
+        f"Supported: {', '.join(sorted(FAMILIES))}. Pass reward_type=... to choose one (chat_prm and llm_judge "
+        "are never guessed), reward='arithmetic', or a Python function (question, previous_steps, step) -> float."
     )
 
 
@@ -62,6 +99,8 @@ def load_reward_model(reward: str | RewardModel | Callable[..., float], *, rewar
         return reward
     if callable(reward):
         return FunctionReward(reward)
+    if reward in BUILTIN_FUNCTIONS:
+        return FunctionReward(BUILTIN_FUNCTIONS[reward], name=reward)
     if not isinstance(reward, str):
         raise TypeError(f"reward must be a model id/path, a RewardModel or a callable, got {type(reward).__name__}")
     kind = reward_type or detect_reward_type(reward)
