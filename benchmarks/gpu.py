@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification  # noqa: E402
 
 from rsd_core import RewardGuidedDecoder, RSDConfig  # noqa: E402
-from rsd_core.backends.hf import CachedModel, HFGenerator  # noqa: E402
 from rsd_core.backends.fast import FastCachedModel  # noqa: E402
+from rsd_core.backends.hf import CachedModel, HFGenerator  # noqa: E402
 from rsd_core.events import ModelUsage  # noqa: E402
 from rsd_core.rewards.base import RewardModel  # noqa: E402
 

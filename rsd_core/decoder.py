@@ -31,7 +31,6 @@ from typing import Any, Literal
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
 from rsd_core.errors import InvalidPromptError
-from rsd_core.messages import validate_messages
 from rsd_core.events import (
     FinishReason,
     GenerationStats,
@@ -40,6 +39,7 @@ from rsd_core.events import (
     TargetInvocationEvent,
     dispatch,
 )
+from rsd_core.messages import validate_messages
 from rsd_core.rewards import RewardModel, load_reward_model
 from rsd_core.weighting import Weighting
 

@@ -12,7 +12,6 @@ from rsd_core.backends.base import Step
 from rsd_core.backends.hf import HFGenerator
 from rsd_core.errors import InvalidPromptError, ModelLoadError, PromptTooLongError, UnknownRewardModelError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_core.rewards import FunctionReward
 
 PROMPTS = [
     "Ann has 12 apples. She buys 3 more.",

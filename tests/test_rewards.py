@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Qwen2ForCausalLM, Qwen2ForTokenClassification
 
-from conftest import tiny_config
 from rsd_core import RewardGuidedDecoder, RSDConfig
 from rsd_core.backends.hf import HFGenerator
 from rsd_core.errors import ModelLoadError, UnknownRewardModelError
@@ -24,6 +23,8 @@ from rsd_core.rewards import (
     load_reward_model,
 )
 from rsd_core.rewards.arithmetic import arithmetic_reward, check_equations
+
+from conftest import tiny_config
 
 CONV = [{"role": "user", "content": "Ann has 12 apples. She buys 5 more. She gives away 3. How many now?"}]
 STEPS = ["12 + 5 = 17\n\n", "17 - 3 = 14\n\n", "The answer is \\boxed{14}."]

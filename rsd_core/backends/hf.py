@@ -23,12 +23,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 
 from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt, Step
-from rsd_core.config import SamplingConfig
-from rsd_core.sampling import sample_next
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
+from rsd_core.config import SamplingConfig
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
-
+from rsd_core.sampling import sample_next
 
 # --------------------------------------------------------------------------- loading (one place)
 

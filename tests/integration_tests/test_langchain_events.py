@@ -12,8 +12,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
 from rsd_core.errors import InvalidPromptError
-from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
 from rsd_integrations._shared import get_scheduler
+from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
 
 QUESTION = "Ann has 12 apples. She buys 5 more. She gives away 3. How many apples does Ann have now?"
 

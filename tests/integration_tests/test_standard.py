@@ -7,7 +7,6 @@ instruct model (calling tools, following a JSON schema), it is marked xfail with
 
 from __future__ import annotations
 
-import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rsd_integrations.langchain import ChatRSD

@@ -1,0 +1,72 @@
+"""The embedded default: the shipped toy trio loads like any checkpoint and shows the paper's effect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from rsd_core import RewardGuidedDecoder
+from rsd_core.eval.datasets import toy_examples
+from rsd_core.eval.runner import evaluate
+from rsd_core.rewards import StepTagPRM
+from rsd_core.toy import toy_model_paths
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return RewardGuidedDecoder.from_pretrained()
+
+
+def test_toy_trio_loads_through_the_plain_transformers_path(toy):
+    paths = toy_model_paths()
+    assert isinstance(toy.reward, StepTagPRM) and toy.same_tokenizer
+    tok = AutoTokenizer.from_pretrained(paths["target"])
+    text = "Ann has 12 apples.\n\n12 + 5 = 17\n\n"
+    assert tok(text).input_ids == toy.target.tokenizer(text).input_ids
+    assert len(tok("\n\n", add_special_tokens=False).input_ids) == 1  # the delimiter is one token
+
+
+def test_toy_trio_shows_the_rsd_effect(toy):
+    s = evaluate(toy, toy_examples(60, seed=777), ["target", "draft", "rsd"], progress=False)
+    target, draft, rsd = s["target"], s["draft"], s["rsd"]
+    assert draft["accuracy"] <= target["accuracy"] - 0.15
+    assert rsd["accuracy"] >= target["accuracy"] - 0.05
+    assert rsd["tokens"]["target"]["decode"] <= 0.5 * target["tokens"]["target"]["decode"]
+    assert rsd["flops"]["target"] < target["flops"]["target"]
+
+
+def _rsd(*args):
+    return subprocess.run([sys.executable, "-m", "rsd_core.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_demo_prints_steps_and_a_table():
+    out = _rsd("demo", "--n", "16", "--show", "1")
+    assert out.returncode == 0, out.stderr
+    assert "[draft" in out.stdout and "accuracy" in out.stdout and "rsd" in out.stdout
+
+
+def test_cli_eval_writes_the_summary_json(tmp_path):
+    path = tmp_path / "out.json"
+    out = _rsd("eval", "--dataset", "toy", "--methods", "target,draft,rsd,bon:2,majority:2", "--n", "8",
+               "--json", str(path), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    methods = {m["method"]: m for m in json.loads(path.read_text())["methods"]}
+    assert set(methods) == {"target", "draft", "rsd", "bon:2", "majority:2"}
+    for m in methods.values():
+        assert {"method", "n", "accuracy", "acceptance_rate", "target_invocations", "tokens", "flops", "wall_s"} <= set(m)
+        assert set(m["tokens"]["draft"]) == {"prefill", "decode"} and "total" in m["flops"]
+
+
+def test_cli_generate_json_and_stdin():
+    q = "Ann has 12 apples. She buys 5 more. How many apples does Ann have now?"
+    out = subprocess.run([sys.executable, "-m", "rsd_core.cli", "generate", "--json"], input=q,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert "\\boxed{17}" in res["text"] and res["steps"] and "stats" in res
+    bad = _rsd("generate", "x", "--threshold", "3")
+    assert bad.returncode == 2 and "threshold" in bad.stderr
