@@ -80,10 +80,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
     summary = evaluate(dec, examples, ["target", "draft", "rsd"], progress=False)
     print(f"{len(examples)} held-out problems:")
     print(f"{'method':8s} {'accuracy':>8s} {'draft tok':>10s} {'target tok':>10s} {'PRM tok':>8s} {'FLOPs':>8s} {'time s':>7s}")
-    for s in summary.values():
-        t = s["tokens"]
-        print(f"{s['method']:8s} {s['accuracy']:8.3f} {t['draft']['decode']:10d} {t['target']['decode']:10d} "
-              f"{t['reward']['prefill']:8d} {_fmt_flops(s['flops']['total']):>8s} {s['wall_s']:7.2f}")
+    for row in summary.values():
+        t = row["tokens"]
+        print(f"{row['method']:8s} {row['accuracy']:8.3f} {t['draft']['decode']:10d} {t['target']['decode']:10d} "
+              f"{t['reward']['prefill']:8d} {_fmt_flops(row['flops']['total']):>8s} {row['wall_s']:7.2f}")
     r, tgt = summary["rsd"], summary["target"]
     share = r["tokens"]["target"]["decode"] / max(1, tgt["tokens"]["target"]["decode"])
     print(f"\nRSD kept {r['acceptance_rate']:.0%} of draft steps; the target wrote {share:.0%} of the tokens it writes "
@@ -98,13 +98,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
         return 2
     dec = _decoder(a, _config(a))
     messages = prompt if a.raw else [{"role": "user", "content": prompt}]
-    on_step = None
-    if not a.json:
-        def on_step(e: Any) -> None:
-            if hasattr(e, "accepted") and hasattr(e, "source"):
-                r = "-" if e.reward is None else f"{e.reward:.3f}"
-                print(f"[{e.source} r={r} {'kept' if e.accepted else 'rejected'}] {e.text.strip()}", file=sys.stderr)
-    res = dec.generate([messages], callbacks=[on_step] if on_step else [])[0]
+    def on_step(e: Any) -> None:
+        if hasattr(e, "accepted") and hasattr(e, "source"):
+            r = "-" if e.reward is None else f"{e.reward:.3f}"
+            print(f"[{e.source} r={r} {'kept' if e.accepted else 'rejected'}] {e.text.strip()}", file=sys.stderr)
+
+    res = dec.generate([messages], callbacks=[] if a.json else [on_step])[0]
     if a.json:
         print(json.dumps(res.to_dict(), indent=2))
     else:

@@ -174,7 +174,9 @@ class RewardGuidedDecoder:
         if self.reward is None and (mode == "rsd" or score_all):
             raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
         with self._lock:
-            return _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all).execute(list(prompts))
+            return _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all).execute(
+                list(prompts)  # type: ignore[arg-type]
+            )
 
 
 class _Run:
@@ -183,7 +185,8 @@ class _Run:
     def __init__(self, dec: RewardGuidedDecoder, cfg: RSDConfig, weighting: Weighting, mode: Mode,
                  callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool):
         self.dec, self.cfg, self.weighting, self.mode = dec, cfg, weighting, mode
-        self.draft, self.target, self.reward = dec.draft, dec.target, dec.reward
+        self.draft, self.target = dec.draft, dec.target
+        self.reward: RewardModel = dec.reward  # type: ignore[assignment]  # not None whenever uses_reward
         self.callbacks, self.tools, self.stop, self.score_all = callbacks, tools, stop, score_all
         self.uses_draft = mode != "target"
         self.uses_target = mode != "draft"
@@ -214,7 +217,7 @@ class _Run:
         proposals = self.draft.generate_step([s.id for s in seqs], [self._budget(s, self.draft) for s in seqs])
         draft_s = time.perf_counter() - t
         # 2. the PRM scores each proposal in context
-        rewards: list[float | None] = [None] * len(seqs)
+        rewards: list[Any] = [None] * len(seqs)
         reward_s = 0.0
         if self.uses_reward:
             t = time.perf_counter()
@@ -224,7 +227,7 @@ class _Run:
         if self.mode == "rsd":
             weights, keep = self.weighting.decide(rewards, self.rng)
         else:
-            weights, keep = [None] * len(seqs), [True] * len(seqs)
+            weights, keep = [None] * len(seqs), [True] * len(seqs)  # type: ignore[list-item]
         latency = {"draft": draft_s, "reward": reward_s}
         rejected: list[tuple[_Seq, Step, float | None]] = []
         for s, step, r, w, k in zip(seqs, proposals, rewards, weights, keep):
@@ -251,7 +254,7 @@ class _Run:
         t = time.perf_counter()
         steps = self.target.generate_step([s.id for s in seqs], [self._budget(s, self.target) for s in seqs])
         target_s = time.perf_counter() - t
-        rewards: list[float | None] = [None] * len(seqs)
+        rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
             # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
             rewards = list(self.reward.score([s.id for s in seqs], [st.text for st in steps]))
@@ -290,7 +293,7 @@ class _Run:
             rendered.append((conv, d_ids, t_ids))
         seqs = []
         for i, (conv, d_ids, t_ids) in enumerate(rendered):
-            s = _Seq(i, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids))
+            s = _Seq(i, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []))
             if d_ids is not None:
                 self.draft.start(s.id, d_ids)
             if t_ids is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
 
 Prompt = str | list[dict[str, Any]]
@@ -30,6 +31,9 @@ class Generator(Protocol):
     tokenizer: Any
     name: str
     context_length: int
+    sampling: SamplingConfig  # set by the decoder for each run
+
+    def set_step_delimiters(self, delimiters: list[str]) -> None: ...
 
     def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Token ids for a raw text prompt or a chat (rendered with the model's chat template)."""
