@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoTokenizer, Qwen2ForCausalLM, Qwen2ForTokenClassification
+from transformers import AutoTokenizer, Qwen2ForCausalLM, Qwen2ForSequenceClassification, Qwen2ForTokenClassification
 
 from rsd_core import RewardGuidedDecoder, RSDConfig
 from rsd_core.backends.hf import HFGenerator
 from rsd_core.errors import ModelLoadError, UnknownRewardModelError
 from rsd_core.rewards import (
     ChatPRM,
+    LikelihoodPRM,
     LLMJudge,
     MathShepherdPRM,
+    OutcomeRM,
     StepTagPRM,
     ValueHeadPRM,
     detect_reward_type,
@@ -63,6 +65,9 @@ def family_paths(tmp_path_factory, toy_tokenizer):
     tok = copy.deepcopy(toy_tokenizer)
     tok.add_tokens(["Yes", "No"])
     out["chat"] = _save(Qwen2ForCausalLM(tiny_config(tok)), tok, root / "chat")
+    # an outcome reward model: a one-label sequence classifier
+    orm = Qwen2ForSequenceClassification(tiny_config(toy_tokenizer, num_labels=1))
+    out["orm"] = _save(orm, toy_tokenizer, root / "orm")
     # a causal LM with nothing that marks it as a PRM
     out["plain_lm"] = _save(Qwen2ForCausalLM(tiny_config(toy_tokenizer)), toy_tokenizer, root / "plain_lm")
     return out
@@ -73,12 +78,14 @@ def build(family, paths):
         return load_reward_model(paths["chat"], reward_type="chat_prm")
     if family == "llm_judge":
         return load_reward_model(paths["chat"], reward_type="llm_judge")
+    if family == "likelihood":
+        return load_reward_model(paths["plain_lm"], reward_type="likelihood")
     return load_reward_model(paths[family])
 
 
-FAMILIES = ["step_tag", "value_head", "math_shepherd", "chat_prm", "llm_judge"]
+FAMILIES = ["step_tag", "value_head", "math_shepherd", "chat_prm", "llm_judge", "likelihood", "orm"]
 KIND = {"step_tag": StepTagPRM, "value_head": ValueHeadPRM, "math_shepherd": MathShepherdPRM, "chat_prm": ChatPRM,
-        "llm_judge": LLMJudge}
+        "llm_judge": LLMJudge, "likelihood": LikelihoodPRM, "orm": OutcomeRM}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -90,9 +97,8 @@ def test_incremental_scoring_equals_scoring_from_scratch(family_paths, family):
     reference = rm.score_solution(CONV, STEPS)
     assert incremental == pytest.approx(reference, abs=1e-4)
     assert all(0.0 <= r <= 1.0 for r in incremental)
-    # each step was read once: the prefill is the header plus the steps (queries excluded), nothing more
-    usage = rm.usage(0)
-    assert usage.calls == len(STEPS)
+    # one forward per step, over that step only (plus the header, once)
+    assert rm.usage(0).calls == len(STEPS)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -130,7 +136,7 @@ def test_value_head_reads_sigmoid_at_the_separator(family_paths):
     assert rm.score([0], [STEPS[0]])[0] == pytest.approx(torch.sigmoid(value).item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("family", ["step_tag", "value_head", "math_shepherd"])
+@pytest.mark.parametrize("family", ["step_tag", "value_head", "math_shepherd", "orm"])
 def test_auto_detection_picks_the_family(family_paths, family):
     assert detect_reward_type(family_paths[family]) == family
 
@@ -163,6 +169,21 @@ def test_rsd_runs_end_to_end_with_each_family(tiny_paths, family_paths, family):
         assert r.text == "".join(s.text for s in r.accepted_steps)
 
 
+def test_outcome_model_scores_the_answer_so_far_and_picks_best_of_n(tiny_paths, family_paths):
+    from rsd_core.baselines import best_of_n
+
+    rm = build("orm", family_paths)
+    text = rm.tokenizer.apply_chat_template(CONV + [{"role": "assistant", "content": STEPS[0]}], tokenize=False)
+    logit = rm.model(input_ids=torch.tensor([rm.encode(text)])).logits[0, 0]
+    rm.start(0, CONV)
+    assert rm.score([0], [STEPS[0]])[0] == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
+    dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                              HFGenerator.from_pretrained(tiny_paths["target"]), rm,
+                              RSDConfig(max_new_tokens=20, max_step_tokens=8, seed=1))
+    best = best_of_n(dec, ["Ann has 12 apples."], n=3, aggregate="last")[0]
+    assert best.accepted_steps[-1].reward is not None
+
+
 def test_judge_can_reuse_the_loaded_target(tiny_paths, family_paths):
     dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], family_paths["chat"], family_paths["chat"],
                                               reward_type="llm_judge")
@@ -176,6 +197,16 @@ def test_arithmetic_checker_is_exact_and_safe():
     assert arithmetic_reward("", [], "1 / 0 = 1") == 0.0
     assert arithmetic_reward("", [], "no equations here") == 0.5
     assert arithmetic_reward("", [], "__import__('os').system('x') = 1") == 0.5  # never evaluated
+
+
+def test_likelihood_reward_is_the_smallest_token_probability(family_paths):
+    rm = build("likelihood", family_paths)
+    ids = rm.header_ids(CONV)
+    step = rm.step_ids(STEPS[0])
+    logp = torch.log_softmax(rm.model(input_ids=torch.tensor([ids + step])).logits[0], -1)
+    expected = min(logp[len(ids) - 1 + j, t].exp().item() for j, t in enumerate(step))
+    rm.start(0, CONV)
+    assert rm.score([0], [STEPS[0]])[0] == pytest.approx(expected, abs=1e-5)
 
 
 def test_tokenizer_of_families_loads_as_transformers_does(family_paths):

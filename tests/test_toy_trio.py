@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from rsd_core import RewardGuidedDecoder
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.eval.runner import evaluate
-from rsd_core.rewards import StepTagPRM
+from rsd_core.rewards import LikelihoodPRM
 from rsd_core.toy import toy_model_paths
 
 
@@ -23,7 +23,7 @@ def toy():
 
 def test_toy_trio_loads_through_the_plain_transformers_path(toy):
     paths = toy_model_paths()
-    assert isinstance(toy.reward, StepTagPRM) and toy.same_tokenizer
+    assert isinstance(toy.reward, LikelihoodPRM) and toy.same_tokenizer
     tok = AutoTokenizer.from_pretrained(paths["target"])
     text = "Ann has 12 apples.\n\n12 + 5 = 17\n\n"
     assert tok(text).input_ids == toy.target.tokenizer(text).input_ids

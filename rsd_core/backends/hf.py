@@ -225,7 +225,8 @@ class CachedModel:
         cache = self._stack_past(states, P)
         kw = {} if all_positions else self._logits_kw
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kw)
-        logits = out.logits if all_positions else out.logits[:, -1]
+        # Sequence classifiers (outcome reward models) already pool to [B, labels].
+        logits = out.logits if all_positions or out.logits.dim() == 2 else out.logits[:, -1]
         for s, p, c in zip(states, past, chunks):
             s.usage.prefill_tokens += len(c) - s.own_unfed
             s.usage.flops += self.flops.forward(len(c), p)

@@ -18,7 +18,9 @@ from rsd_core.rewards.arithmetic import arithmetic_reward
 from rsd_core.rewards.base import RewardModel, question_of
 from rsd_core.rewards.chat_judge import ChatPRM, LLMJudge
 from rsd_core.rewards.function import FunctionReward
+from rsd_core.rewards.likelihood import LikelihoodPRM
 from rsd_core.rewards.math_shepherd import MathShepherdPRM
+from rsd_core.rewards.outcome import OutcomeRM
 from rsd_core.rewards.step_tag import StepTagPRM
 from rsd_core.rewards.value_head import ValueHeadPRM
 
@@ -28,10 +30,12 @@ FAMILIES: dict[str, Callable[..., RewardModel]] = {
     "math_shepherd": MathShepherdPRM.from_pretrained,  # math-shepherd-mistral-7b-prm
     "chat_prm": ChatPRM.from_pretrained,  # RLHFlow Llama3.1-8B-PRM-*
     "llm_judge": LLMJudge.from_pretrained,  # any chat model
+    "likelihood": LikelihoodPRM.from_pretrained,  # any causal LM trained on solutions (the toy PRM)
+    "orm": OutcomeRM.from_pretrained,  # outcome reward models (*ForSequenceClassification)
 }
 BUILTIN_FUNCTIONS = {"arithmetic": arithmetic_reward}
 
-__all__ = ["FAMILIES", "ChatPRM", "FunctionReward", "LLMJudge", "MathShepherdPRM", "RewardModel", "StepTagPRM",
+__all__ = ["FAMILIES", "ChatPRM", "FunctionReward", "LLMJudge", "LikelihoodPRM", "MathShepherdPRM", "OutcomeRM", "RewardModel", "StepTagPRM",
            "ValueHeadPRM", "arithmetic_reward", "detect_reward_type", "load_reward_model", "question_of"]
 
 
@@ -81,6 +85,8 @@ def detect_reward_type(name_or_path: str) -> str:
     archs = cfg.get("architectures") or []
     if any(a.endswith("ForTokenClassification") or a.endswith("ForProcessRewardModel") for a in archs):
         return "step_tag"
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "orm"
     if any(n.startswith("v_head.") for n in _weight_names(name_or_path)):
         return "value_head"
     if any(a.endswith("ForCausalLM") for a in archs) and _vocab_has(name_or_path, "ки"):

@@ -98,7 +98,8 @@ class IncrementalPRM(RewardModel):
         for i, step in enumerate(steps):
             ids = ids + self.step_ids(step, i)
             full = ids + self.query_ids(step)
-            logits = self.model(input_ids=torch.tensor([full], device=dev)).logits[:, -1]
+            logits = self.model(input_ids=torch.tensor([full], device=dev)).logits
+            logits = logits[:, -1] if logits.dim() == 3 else logits
             out.append(float(self.reward_from(logits.float()).clamp(0.0, 1.0)[0]))
         return out
 
