@@ -1,8 +1,7 @@
 """LangChain's standard integration suite for ChatRSD, on the embedded toy trio (real generation).
 
 The toy models were trained on arithmetic word problems only. Where a standard test needs a general
-instruct model (calling tools, following a JSON schema), it is marked xfail with that reason, and
-``tests/integration_tests/test_real_instruct.py`` shows the same capability for real on SmolLM2-135M-Instruct.
+instruct model (calling tools, following a JSON schema), conftest.py marks it xfail with that reason.
 """
 
 from __future__ import annotations
@@ -10,9 +9,6 @@ from __future__ import annotations
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rsd_integrations.langchain import ChatRSD
-
-TOY_CANNOT = "the toy models only know arithmetic word problems; shown on a real instruct model in test_real_instruct.py"
-
 
 class TestChatRSDIntegration(ChatModelIntegrationTests):
     @property
