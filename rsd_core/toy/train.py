@@ -32,11 +32,12 @@ from rsd_core.toy.task import make_problem
 from rsd_core.toy.tokenizer import train_tokenizer
 
 TRAIN_SEED = 1234
+DRAFT_STEPS = 1200
 _CLASS_WEIGHT = torch.tensor([2.0, 1.0])  # training problems come from this stream; evaluation uses other seeds
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
-    "draft": (112, 4, 4, 2, 320),
+    "draft": (96, 4, 4, 2, 256),
     "target": (128, 4, 4, 2, 384),
 }
 
@@ -117,6 +118,18 @@ def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, 
     model.eval()
 
 
+def _problem_stream(name: str, seed: int) -> random.Random:
+    """Each model's own seeded stream of training problems."""
+    if name == "target":
+        # The recipe that first produced the shipped target drew its problems from the main stream after
+        # a draft had used the first 1200 x 64; keeping that offset keeps the target reproducible.
+        rng = random.Random(TRAIN_SEED + seed)
+        for _ in range(1200 * 64):
+            make_problem(rng)
+        return rng
+    return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7}[name])
+
+
 def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True)) -> dict:
     """Train and save the three models; ``scale`` shortens training (tests use a tiny one)."""
     torch.manual_seed(seed)
@@ -128,22 +141,23 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         corpus.append(f"<|im_start|>user\n{p.question}<|im_end|>\n<|im_start|>assistant\n{p.solution}")
     tok = _reloaded(train_tokenizer(corpus), out / "_tokenizer_check", corpus[:300])
     log(f"tokenizer: {len(tok)} tokens")
-    plan = {"draft": (int(1800 * scale), 3e-3), "target": (int(2000 * scale), 2e-3), "prm": (int(300 * scale), 5e-4)}
+    plan = {"draft": (int(DRAFT_STEPS * scale), 3e-3), "target": (int(2000 * scale), 2e-3),
+            "prm": (int(300 * scale), 5e-4)}
     out.mkdir(parents=True, exist_ok=True)
     models = {}
-    for k, name in enumerate(("target", "draft")):
+    for name in ("target", "draft"):
         steps, lr = plan[name]
         log(f"{name}: {steps} steps")
         torch.manual_seed(seed + {"draft": 1, "target": 2}[name])
         model = Qwen2ForCausalLM(_config(tok, name))
-        train_lm(model, tok, random.Random(TRAIN_SEED + 100 * seed + k), max(steps, 1), 64, lr, log)
+        train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log)
         models[name] = model
     steps, lr = plan["prm"]
     log(f"prm: {steps} steps from the target")
     torch.manual_seed(seed + 3)
     prm = Qwen2ForCausalLM(_config(tok, "target"))
     prm.load_state_dict(models["target"].state_dict())
-    train_lm(prm, tok, random.Random(TRAIN_SEED + 100 * seed + 7), max(steps, 1), 64, lr, log)
+    train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 64, lr, log)
     models["prm"] = prm
     prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
     for name, model in models.items():
