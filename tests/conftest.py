@@ -7,18 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification
+from transformers import Qwen2ForCausalLM, Qwen2ForTokenClassification
 
 from rsd_core.toy.task import make_problem
 from rsd_core.toy.tokenizer import train_tokenizer
 
-
-def tiny_config(tok, hidden=32, layers=2, **extra) -> Qwen2Config:
-    return Qwen2Config(
-        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=512,
-        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
-    )
+from tiny_models import tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from rsd_core.rewards import (
 )
 from rsd_core.rewards.arithmetic import arithmetic_reward, check_equations
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 
 CONV = [{"role": "user", "content": "Ann has 12 apples. She buys 5 more. She gives away 3. How many now?"}]
 STEPS = ["12 + 5 = 17\n\n", "17 - 3 = 14\n\n", "The answer is \\boxed{14}."]

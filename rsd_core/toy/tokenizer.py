@@ -60,7 +60,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedT
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", STEP_TAG],
         clean_up_tokenization_spaces=False,
-        model_max_length=512,
+        model_max_length=4096,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

@@ -51,7 +51,7 @@ def _config(tok: PreTrainedTokenizerFast, name: str, **extra) -> Qwen2Config:
         num_attention_heads=heads,
         num_key_value_heads=kv,
         intermediate_size=mlp,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,  # RoPE: longer prompts than training's still run (e.g. RAG templates)
         tie_word_embeddings=True,
         rope_theta=10000.0,
         bos_token_id=None,

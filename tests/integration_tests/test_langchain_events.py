@@ -15,7 +15,8 @@ from rsd_core.errors import InvalidPromptError
 from rsd_integrations._shared import get_scheduler
 from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
 
-QUESTION = "Ann has 12 apples. She buys 5 more. She gives away 3. How many apples does Ann have now?"
+# A held-out toy problem the trio solves with a few target rewrites (greedy, deterministic).
+QUESTION = "Ann has 88 rocks. She uses 49. She buys 6 more. She uses 40. She gets 5 more. How many rocks does Ann have now?"
 
 
 class Recorder(RSDCallbackHandler):
@@ -44,7 +45,7 @@ def test_invoke_reports_every_step(llm):
     rec = Recorder()
     msg = llm.invoke(QUESTION, config={"callbacks": [rec]})
     check_steps(rec, msg.content)
-    assert "\\boxed{14}" in msg.content
+    assert "\\boxed{10}" in msg.content
     meta = msg.response_metadata
     assert meta["model_name"] == "rsd-toy-target" and meta["rsd"]["draft_steps"] >= 1
     assert msg.usage_metadata["output_tokens"] > 0 and msg.usage_metadata["input_tokens"] > 0

@@ -15,7 +15,8 @@ from llama_index.core.instrumentation.events.llm import LLMChatStartEvent, LLMCo
 from rsd_core.errors import InvalidPromptError
 from rsd_integrations.llama_index import RSDLLM, RSDStepEvent, RSDTargetInvocationEvent
 
-QUESTION = "Ann has 12 apples. She buys 5 more. She gives away 3. How many apples does Ann have now?"
+# A held-out toy problem the trio solves with a few target rewrites (greedy, deterministic).
+QUESTION = "Ann has 88 rocks. She uses 49. She buys 6 more. She uses 40. She gets 5 more. How many rocks does Ann have now?"
 
 
 class Collector(BaseEventHandler):
@@ -84,7 +85,7 @@ METHODS = ["complete", "chat", "acomplete", "achat", "stream_complete", "stream_
 def test_every_method_answers_and_reports_steps_in_its_span(llm, collector, method):
     collector.events.clear()
     text, deltas = _consume(method, llm)
-    assert "\\boxed{14}" in text
+    assert "\\boxed{10}" in text
     if deltas is not None:
         assert any(deltas) and "".join(d or "" for d in deltas) == text
     steps = [e for e in collector.events if isinstance(e, RSDStepEvent)]

@@ -10,6 +10,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rsd_integrations.langchain import ChatRSD
 
+
 class TestChatRSDIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatRSD]:

@@ -1,0 +1,13 @@
+"""Configs for tiny random-weight models used by the mechanics tests."""
+
+from __future__ import annotations
+
+from transformers import Qwen2Config
+
+
+def tiny_config(tok, hidden=32, layers=2, **extra) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=hidden * 2, max_position_embeddings=512,
+        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
+    )
