@@ -214,21 +214,10 @@ class RSDLLM(FunctionCallingLLM):
         return self._stream_from(req.events(), span_id, tools)
 
     def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: bool) -> ChatResponseGen:
-        text, filt = "", ToolCallStreamFilter() if tools else None
+        deltas = _Deltas(self, span_id, tools)
         for e in events:
-            ev = _li_event(e, span_id)
-            if ev is not None:
-                dispatcher.event(ev)
-            if isinstance(e, StepEvent) and e.accepted:
-                delta = filt.feed(e.text) if filt else e.text
-                text += delta
-                if delta:
-                    yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
-            elif isinstance(e, RSDResult):
-                final = self._response(e, tools)
-                tail = filt.finish() if filt else ""
-                final.delta = tail
-                yield final
+            if (r := deltas.on(e)) is not None:
+                yield r
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -248,20 +237,10 @@ class RSDLLM(FunctionCallingLLM):
         req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
 
         async def gen() -> AsyncIterator[ChatResponse]:
-            text, filt = "", ToolCallStreamFilter() if tools else None
+            deltas = _Deltas(self, span_id, tools)
             async for e in req.aevents():
-                ev = _li_event(e, span_id)
-                if ev is not None:
-                    dispatcher.event(ev)
-                if isinstance(e, StepEvent) and e.accepted:
-                    delta = filt.feed(e.text) if filt else e.text
-                    text += delta
-                    if delta:
-                        yield ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=text), delta=delta)
-                elif isinstance(e, RSDResult):
-                    final = self._response(e, tools)
-                    final.delta = filt.finish() if filt else ""
-                    yield final
+                if (r := deltas.on(e)) is not None:
+                    yield r
 
         return gen()
 
@@ -319,6 +298,30 @@ class RSDLLM(FunctionCallingLLM):
             raise ValueError(f"expected at least one tool call, got none; the model said: {response.message.content!r:.200}")
         return [ToolSelection(tool_id=c["id"], tool_name=c["function"]["name"],
                               tool_kwargs=c["function"]["arguments"]) for c in calls]
+
+
+class _Deltas:
+    """Turns RSD events into streamed chat responses (the text of each accepted step), reporting each
+    event to LlamaIndex instrumentation on the way."""
+
+    def __init__(self, llm: RSDLLM, span_id: str | None, tools: bool):
+        self.llm, self.span_id, self.tools = llm, span_id, tools
+        self.text, self.filter = "", ToolCallStreamFilter() if tools else None
+
+    def on(self, e: Any) -> ChatResponse | None:
+        ev = _li_event(e, self.span_id)
+        if ev is not None:
+            dispatcher.event(ev)
+        if isinstance(e, StepEvent) and e.accepted:
+            delta = self.filter.feed(e.text) if self.filter else e.text
+            self.text += delta
+            return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=self.text), delta=delta) \
+                if delta else None
+        if isinstance(e, RSDResult):
+            final = self.llm._response(e, self.tools)
+            final.delta = self.filter.finish() if self.filter else ""
+            return final
+        return None
 
 
 __all__ = ["RSDLLM", "RSDStepEvent", "RSDTargetInvocationEvent"]

@@ -81,6 +81,17 @@ class FastSeq:
         return len(self.cols)
 
 
+def drop_tail(s: Any, n_remove: int) -> int:
+    """Forget a sequence's newest ``n_remove`` token ids (not its cache); returns how many ids remain."""
+    if n_remove > len(s.ids):
+        raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
+    keep = len(s.ids) - max(0, n_remove)
+    unfed = len(s.ids) - s.n_cached
+    s.own_unfed = max(0, min(s.own_unfed, unfed - max(0, n_remove)))
+    del s.ids[keep:]
+    return keep
+
+
 def fast_path_supported(model: PreTrainedModel) -> bool:
     """Decoder-only models with plain full attention (Qwen2, Llama, Mistral...), no sliding windows."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -157,14 +168,7 @@ class FastCachedModel:
 
     def truncate(self, seq: int, n_remove: int) -> None:
         s = self.states[seq]
-        if n_remove <= 0:
-            return
-        if n_remove > len(s.ids):
-            raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
-        keep = len(s.ids) - n_remove
-        unfed = len(s.ids) - s.n_cached
-        s.own_unfed = max(0, min(s.own_unfed, unfed - n_remove))
-        del s.ids[keep:]
+        keep = drop_tail(s, n_remove)
         if s.n_cached > keep:  # roll back by index: those columns are simply no longer attended to
             dropped = s.cols[keep:]
             del s.cols[keep:]

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 
 from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt, Step
-from rsd_core.backends.fast import FastCachedModel, fast_path_supported
+from rsd_core.backends.fast import FastCachedModel, drop_tail, fast_path_supported
 from rsd_core.config import SamplingConfig
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
@@ -171,14 +171,7 @@ class CachedModel:
 
     def truncate(self, seq: int, n_remove: int) -> None:
         s = self.states[seq]
-        if n_remove <= 0:
-            return
-        if n_remove > len(s.ids):
-            raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
-        keep = len(s.ids) - n_remove
-        unfed = len(s.ids) - s.n_cached
-        s.own_unfed = max(0, min(s.own_unfed, unfed - n_remove))
-        del s.ids[keep:]
+        keep = drop_tail(s, n_remove)
         if s.n_cached > keep:  # roll the cache back by index
             s.kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in s.kv or []]
             s.n_cached = keep
