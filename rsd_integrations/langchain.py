@@ -489,16 +489,20 @@ class _ChunkStreamer:
 
 
 def _token_pieces(tokenizer: Any, ids: list[int], text: str) -> list[str]:
-    """The step's text cut at token boundaries (pieces that add up to ``text`` exactly)."""
-    pieces, prev = [], ""
+    """The step's text cut at token boundaries (pieces that add up to ``text`` exactly).
+
+    Incremental detokenization over a short sliding window (as serving engines do), so a step costs
+    O(tokens), and a multi-byte character split across tokens is emitted whole.
+    """
+    pieces: list[str] = []
+    prefix, read = 0, 0
     for k in range(1, len(ids) + 1):
-        cur = tokenizer.decode(ids[:k], skip_special_tokens=True)
-        if cur.endswith("\ufffd") and k < len(ids):
-            continue  # an incomplete multi-byte character: wait for the rest
-        if cur.startswith(prev) and len(cur) > len(prev):
-            pieces.append(cur[len(prev):])
-            prev = cur
-    if prev != text:  # decoding in pieces disagreed with the whole: fall back to one piece
+        before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
+        now = tokenizer.decode(ids[prefix:k], skip_special_tokens=True)
+        if len(now) > len(before) and not now.endswith("\ufffd") and now.startswith(before):
+            pieces.append(now[len(before):])
+            prefix, read = read, k
+    if "".join(pieces) != text:  # decoding in pieces disagreed with the whole: fall back to one piece
         return [text] if text else []
     return pieces
 
