@@ -292,3 +292,17 @@ def test_missing_or_wrong_checkpoints_get_clear_errors(tiny_paths, tmp_path):
         RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], tiny_paths["draft"])
     with pytest.raises(ValueError, match="outside"):
         make(tiny_paths, reward=lambda *a: 3.0).generate(PROMPTS[:1])
+
+
+def test_tools_reach_the_prompt_even_when_the_template_ignores_them(tiny_paths):
+    gen = HFGenerator.from_pretrained(tiny_paths["target"])
+    tools = [{"type": "function", "function": {"name": "add_numbers", "parameters": {"type": "object"}}}]
+    chat = [{"role": "user", "content": "add 1 and 2"}]
+    rendered = gen.tokenizer.decode(gen.render_prompt(chat, tools))
+    assert "add_numbers" in rendered and "# Tools" in rendered  # the toy template renders tools itself
+    gen.tokenizer.chat_template = (  # a template with no tools section, like SmolLM2-Instruct's
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    rendered = gen.tokenizer.decode(gen.render_prompt(chat, tools))
+    assert "add_numbers" in rendered and "<tool_call>" in rendered and rendered.startswith("<|im_start|>system")
+    assert "add_numbers" not in gen.tokenizer.decode(gen.render_prompt(chat))

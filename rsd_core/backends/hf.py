@@ -27,6 +27,7 @@ from rsd_core.backends.fast import FastCachedModel, drop_tail, fast_path_support
 from rsd_core.config import SamplingConfig
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
+from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.sampling import sample_next
 
 # --------------------------------------------------------------------------- loading (one place)
@@ -381,6 +382,10 @@ class HFGenerator:
             if getattr(self.tokenizer, "chat_template", None) is None:
                 raise ValueError(f"{self.name} has no chat template: pass a raw text prompt instead of messages")
             text = self.tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
+            if tools and text == self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True):
+                # The template ignores tools (SmolLM2's does): state them in the system turn instead.
+                text = self.tokenizer.apply_chat_template(with_tools_in_system_turn(prompt, tools), tokenize=False,
+                                                          add_generation_prompt=True)
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
         if not ids:
             raise ValueError("the prompt is empty after tokenization")
