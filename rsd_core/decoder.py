@@ -260,7 +260,7 @@ class _Run:
             rewards = list(self.reward.score([s.id for s in seqs], [st.text for st in steps]))
         if self.uses_draft:
             live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
-            self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.target, self.draft) for _, st in live])
+            self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
         for i, (s, step, r) in enumerate(zip(seqs, steps, rewards)):
             s.target_lag = 0
             s.stats.target_invocations += 1
@@ -307,7 +307,7 @@ class _Run:
         room = model.context_length - model.num_tokens(s.id)
         return max(1, min(self.cfg.max_step_tokens, self.cfg.max_new_tokens - s.n_tokens, room))
 
-    def _handoff(self, step: Step, src: Generator, dst: Generator) -> list[int]:
+    def _handoff(self, step: Step, dst: Generator) -> list[int]:
         """Same tokenizer: the ids as they are. Otherwise: re-tokenize only this step's text."""
         return step.token_ids if self.dec.same_tokenizer else dst.encode_text(step.text)
 
@@ -317,7 +317,7 @@ class _Run:
         prev_len = len(s.text)
         s.text += step.text
         if source == "draft" and self.uses_target and not step.eos:
-            handed = self._handoff(step, self.draft, self.target)
+            handed = self._handoff(step, self.target)
             self.target.extend([s.id], [handed])
             s.target_lag += len(handed)
         if step.eos:

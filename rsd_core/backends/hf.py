@@ -72,6 +72,11 @@ def load_pretrained(
     return model, tok
 
 
+def pop_load_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the ``from_pretrained`` options (device_map, dtype, trust_remote_code) out of ``kwargs``."""
+    return {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+
+
 def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> set[int]:
     ids: set[int] = set()
     gc = getattr(model, "generation_config", None)
@@ -349,7 +354,7 @@ class HFGenerator:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> HFGenerator:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
         return cls(model, tok, name=name_or_path, **kwargs)
 

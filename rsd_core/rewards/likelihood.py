@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM
 
-from rsd_core.backends.hf import CachedModel, load_pretrained
+from rsd_core.backends.hf import CachedModel, load_pretrained, pop_load_kwargs
 from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel, question_of
 
@@ -35,7 +35,7 @@ class LikelihoodPRM(RewardModel):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> LikelihoodPRM:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
         declared = getattr(model.config, "rsd_reward", None) or {}
         if "aggregate" in declared and "aggregate" not in kwargs:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from rsd_core.backends.hf import load_pretrained
+from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.incremental import IncrementalPRM, token_id
 
@@ -26,7 +26,7 @@ class MathShepherdPRM(IncrementalPRM):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> MathShepherdPRM:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
         return cls(model, tok, name=name_or_path, **kwargs)
 

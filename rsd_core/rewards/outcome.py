@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rsd_core.backends.hf import load_pretrained
+from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.incremental import IncrementalPRM
 
@@ -28,7 +28,7 @@ class OutcomeRM(IncrementalPRM):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> OutcomeRM:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         model, tok = load_pretrained(AutoModelForSequenceClassification, name_or_path, **load_kw)
         if model.config.pad_token_id is None:  # it pools at the last non-pad token
             model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

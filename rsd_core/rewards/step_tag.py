@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoModelForTokenClassification
 
-from rsd_core.backends.hf import load_pretrained
+from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.incremental import IncrementalPRM, token_id
 
@@ -37,7 +37,7 @@ class StepTagPRM(IncrementalPRM):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> StepTagPRM:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         # Qwen2.5-Math-PRM ships its own head class: with remote code allowed, use it as its authors do.
         auto = AutoModel if load_kw.get("trust_remote_code") else AutoModelForTokenClassification
         model, tok = load_pretrained(auto, name_or_path, **load_kw)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from transformers import AutoModel
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from rsd_core.backends.hf import load_pretrained
+from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
 from rsd_core.errors import ModelLoadError
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.incremental import IncrementalPRM, token_id
@@ -78,7 +78,7 @@ class ValueHeadPRM(IncrementalPRM):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> ValueHeadPRM:
-        load_kw = {k: kwargs.pop(k) for k in ("device_map", "dtype", "trust_remote_code") if k in kwargs}
+        load_kw = pop_load_kwargs(kwargs)
         load_kw["trust_remote_code"] = False  # the head is read as plain weights
         backbone, tok = load_pretrained(AutoModel, name_or_path, **load_kw)
         head = load_v_head(name_or_path, backbone.config.hidden_size)

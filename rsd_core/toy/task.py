@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
 NAMES = ["Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Lou", "Max"]
@@ -88,16 +87,3 @@ def make_problems(n: int, seed: int) -> list[ToyProblem]:
     """``n`` problems from a seeded generator (held-out sets use seeds the training never sees)."""
     rng = random.Random(seed)
     return [make_problem(rng) for _ in range(n)]
-
-
-_STEP_RE = re.compile(r"^\s*(\d+) ([+-]) (\d+) = (\d+)\s*$")
-
-
-def expected_next_step(problem: ToyProblem, accepted_steps: list[str]) -> str | None:
-    """The reference step that should follow ``accepted_steps`` (None once the solution is done).
-
-    The toy PRM is trained to tell exactly this: is the newest step the right continuation?
-    """
-    ref = problem.solution_steps
-    k = len(accepted_steps)
-    return ref[k] if k < len(ref) else None
