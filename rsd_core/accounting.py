@@ -39,6 +39,10 @@ class FlopCounter:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         return cls(n_params=n, n_layers=cfg.num_hidden_layers, attn_dim=heads * head_dim)
 
+    def weights(self, n_tokens: int) -> float:
+        """The paper's count: 2·N per token, no attention term."""
+        return float(2 * self.n_params * max(0, n_tokens))
+
     def forward(self, n_new: int, n_cached: int) -> float:
         if n_new <= 0:
             return 0.0

@@ -67,13 +67,17 @@ class ModelUsage:
 
     prefill_tokens: int = 0  # tokens read that the model did not write itself (prompt, handed-over steps)
     decode_tokens: int = 0  # tokens the model generated, kept or rolled back
-    flops: float = 0.0
+    flops: float = 0.0  # the full count: every token read or written, prompt and attention included
+    # The paper's count: 2·N per token the model generated (for a PRM: per step token it scored);
+    # no prompt, no attention term.
+    paper_flops: float = 0.0
     calls: int = 0  # batched forward passes this sequence took part in
 
     def add(self, other: ModelUsage) -> None:
         self.prefill_tokens += other.prefill_tokens
         self.decode_tokens += other.decode_tokens
         self.flops += other.flops
+        self.paper_flops += other.paper_flops
         self.calls += other.calls
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +106,10 @@ class GenerationStats:
     def total_flops(self) -> float:
         return self.draft.flops + self.target.flops + self.reward.flops
 
+    @property
+    def total_paper_flops(self) -> float:
+        return self.draft.paper_flops + self.target.paper_flops + self.reward.paper_flops
+
     def merge(self, other: GenerationStats) -> None:
         self.draft_steps += other.draft_steps
         self.accepted_draft_steps += other.accepted_draft_steps
@@ -116,6 +124,7 @@ class GenerationStats:
         d = asdict(self)
         d["acceptance_rate"] = self.acceptance_rate
         d["total_flops"] = self.total_flops
+        d["total_paper_flops"] = self.total_paper_flops
         return d
 
 

@@ -291,6 +291,7 @@ class FastCachedModel:
             s.ids.extend(row[:n])
             s.own_unfed = 1
             s.usage.decode_tokens += n
+            s.usage.paper_flops += self.flops.weights(n)
             s.usage.flops += self.flops.forward(fed, ctx)
             gens.append(row[:n])
         return logits.index_select(0, slots), gens, eos_l

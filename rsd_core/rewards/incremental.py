@@ -31,7 +31,8 @@ class IncrementalPRM(RewardModel):
         self.name = name or getattr(model, "name_or_path", type(self).__name__)
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=True)
+        # model=None: the family's input layout only (a server scores it; see backends/vllm.py)
+        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=True) if model is not None else None
         self._lens: dict[int, list[int]] = {}
 
     # ---------------------------------------------------------------- the family's layout
@@ -69,6 +70,7 @@ class IncrementalPRM(RewardModel):
             ids = self.step_ids_for(s, text, len(self._lens[s]))
             q = self.query_ids(text)
             self.cached.append(s, ids + q)
+            self.cached.count_scored(s, len(ids))
             self._lens[s].append(len(ids))
             queries.append(len(q))
         logits, _, _ = self.cached.run(seqs)

@@ -29,7 +29,8 @@ class LikelihoodPRM(RewardModel):
         self.model, self.tokenizer, self.aggregate = model, tokenizer, aggregate
         self.name = name or getattr(model, "name_or_path", "likelihood PRM")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False)
+        # model=None: the family's input layout only (a server scores it; see backends/vllm.py)
+        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False) if model is not None else None
         self._last: dict[int, list[torch.Tensor]] = {}  # per sequence: log-probs after each prefix
         self._lens: dict[int, list[int]] = {}
 
@@ -67,6 +68,7 @@ class LikelihoodPRM(RewardModel):
         for s, text in zip(seqs, steps):
             ids = self.step_ids(text)
             self.cached.append(s, ids)
+            self.cached.count_scored(s, len(ids))
             self._lens[s].append(len(ids))
             new.append(ids)
         logits, _, _ = self.cached.run(seqs, all_positions=True)  # [B, N, V], chunks left-padded
