@@ -3,6 +3,8 @@
 - ``target_only`` / ``draft_only``: δ = 1 / δ = 0 (every step from one model; no PRM).
 - ``best_of_n``: N sampled solutions, each step scored by the PRM, the best aggregate kept.
 - ``majority_vote``: N sampled solutions, the most common final answer kept.
+- ``speculative_decoding``: token-level speculative decoding through transformers' assisted
+  generation (its own loop; counted by hooks on the models' forwards).
 
 Example:
     >>> dec = RewardGuidedDecoder.from_pretrained()                                  # doctest: +SKIP
@@ -12,14 +14,18 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
+import torch
+
+from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt
 from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.events import GenerationStats, RSDResult
+from rsd_core.events import GenerationStats, ModelUsage, RSDResult
 
 Aggregate = Literal["min", "prod", "last", "mean"]
 DEFAULT_SAMPLING = SamplingConfig(temperature=0.7, top_p=0.95)
@@ -108,4 +114,99 @@ def majority_vote(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], n: int = 
         best = votes.most_common(1)[0][0] if votes else None
         chosen = next((r for r, a in zip(group, answers) if a == best), group[0])
         out.append(_combined(chosen, group, i))
+    return out
+
+
+class _ForwardLog:
+    """Every forward a model makes (new tokens, cached tokens), through a hook, for methods that run
+    inside transformers' ``generate`` rather than our own loop."""
+
+    def __init__(self, model: Any):
+        self.flops = FlopCounter.for_model(model)
+        self.calls: list[tuple[int, int]] = []
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        n_new = int(ids.shape[-1]) if ids is not None else int(kwargs["inputs_embeds"].shape[1])
+        past = kwargs.get("past_key_values")
+        n_cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+        self.calls.append((n_new, n_cached))
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def usage(self, prompt_tokens: int, generated: int) -> ModelUsage:
+        read = sum(n for n, _ in self.calls)
+        return ModelUsage(prefill_tokens=min(prompt_tokens, read), decode_tokens=max(0, read - prompt_tokens),
+                          flops=sum(self.flops.forward(n, c) for n, c in self.calls),
+                          paper_flops=self.flops.weights(generated), calls=len(self.calls))
+
+
+def _quiet_generate(model: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``generate`` without the deprecation notice assisted generation triggers inside transformers."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return model.generate(*args, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], config: RSDConfig | None = None,
+                         num_assistant_tokens: int | None = None) -> list[RSDResult]:
+    """Token-level speculative decoding (transformers' assisted generation): the draft proposes tokens,
+    the target verifies them in one forward. No PRM. Its output equals the target's alone (greedy).
+
+    Runs one prompt at a time (assisted generation takes batch 1). In the stats, draft steps are the
+    draft's proposed tokens and accepted steps the tokens the target kept; target invocations are
+    the target's verification forwards. FLOPs and tokens come from hooks on both models' forwards.
+    """
+    from transformers import GenerationConfig
+
+    cfg = config or dec.config
+    draft, target = getattr(dec.draft, "model", None), getattr(dec.target, "model", None)
+    if draft is None or target is None:
+        raise ValueError("speculative decoding (sd) needs transformers models for both draft and target")
+    sampling = cfg.target_sampling
+    gen_cfg = GenerationConfig(**{k: v for k, v in target.generation_config.to_dict().items()
+                                  if k in ("eos_token_id", "pad_token_id", "bos_token_id")})
+    gen_cfg.max_new_tokens = cfg.max_new_tokens
+    gen_cfg.do_sample = not sampling.greedy
+    if not sampling.greedy:
+        gen_cfg.temperature, gen_cfg.top_p = sampling.temperature, sampling.top_p
+    if num_assistant_tokens is not None:
+        gen_cfg.num_assistant_tokens = num_assistant_tokens
+        gen_cfg.num_assistant_tokens_schedule = "constant"
+    extra: dict[str, Any] = {}
+    if not dec.same_tokenizer:  # universal assisted decoding: candidates re-tokenized between models
+        extra = {"tokenizer": dec.target.tokenizer, "assistant_tokenizer": dec.draft.tokenizer}
+    eos = getattr(dec.target, "eos_ids", set())
+    out = []
+    with dec._lock:
+        for i, prompt in enumerate(prompts):
+            ids = dec.target.render_prompt(prompt)
+            if cfg.seed is not None:
+                torch.manual_seed(cfg.seed + i)
+            logs = _ForwardLog(draft), _ForwardLog(target)
+            t0 = time.perf_counter()
+            try:
+                x = torch.tensor([ids], device=dec.target.cached.device)
+                seq = _quiet_generate(target, x, attention_mask=torch.ones_like(x), assistant_model=draft,
+                                      generation_config=gen_cfg, **extra)[0, len(ids):].tolist()
+            finally:
+                for log in logs:
+                    log.close()
+            d_log, t_log = logs
+            rounds, proposed = len(t_log.calls), len(d_log.calls)
+            verified = sum(n for n, _ in t_log.calls) - len(ids)  # candidate tokens the target read
+            stats = GenerationStats(
+                draft_steps=proposed, accepted_draft_steps=max(0, min(proposed, len(seq) - rounds)),
+                target_steps=rounds, target_invocations=rounds, draft=d_log.usage(len(ids), proposed),
+                target=t_log.usage(len(ids), verified), wall_time_s=time.perf_counter() - t0)
+            finish = "eos" if seq and seq[-1] in eos else "max_new_tokens"
+            text = dec.target.tokenizer.decode(seq, skip_special_tokens=True)
+            out.append(RSDResult(i, text, [], stats, finish, len(ids), len(seq)))
     return out

@@ -2,7 +2,8 @@
 
     rsd demo                                   # the toy trio: a few solved problems and a comparison
     rsd generate "Ann has 3 apples..." --json  # any models by id or path (toy trio by default)
-    rsd eval --dataset toy --methods target,draft,rsd --n 300 --json out.json
+    rsd eval --dataset toy --methods target,draft,sd,rsd --deltas 0.3,0.5,0.7,0.9 --out runs/toy
+    rsd plot runs/toy                          # accuracy vs FLOPs and δ-sweep PNGs
 """
 
 from __future__ import annotations
@@ -113,18 +114,56 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from rsd_core.eval.datasets import load_examples
-    from rsd_core.eval.runner import evaluate, markdown_table
+    from rsd_core.eval.runner import RecordStore, evaluate, expand_methods, markdown_table, parse_method
 
     cfg = _config(a)
-    examples = load_examples(a.dataset, a.n, question_field=a.question_field, answer_field=a.answer_field)
+    deltas = [float(d) for d in a.deltas.split(",") if d.strip()] if a.deltas else []
+    methods = expand_methods([m for m in a.methods.split(",") if m.strip()], deltas)
+    if not methods:
+        raise ValueError("no methods given (--methods target,draft,rsd,...)")
+    for m in methods:
+        parse_method(m, cfg)  # a typo fails now, not after the models load
+    examples = load_examples(a.dataset, a.n, data_file=a.data_file, split=a.split,
+                             question_field=a.question_field, answer_field=a.answer_field)
+    records = None
+    if a.out:
+        out = Path(a.out)
+        path = out / "records.jsonl"
+        if a.overwrite and path.exists():
+            path.unlink()
+        meta = {"dataset": a.dataset, "data_file": a.data_file, "split": a.split,
+                "fields": [a.question_field, a.answer_field], "prompt_style": a.prompt_style,
+                "models": {"draft": a.draft, "target": a.target, "reward": a.reward, "reward_type": a.reward_type},
+                "config": cfg.model_dump(mode="json")}
+        records = RecordStore(path, meta)
+        if records.records:
+            print(f"resuming: {len(records.records)} results already in {path}", file=sys.stderr)
     dec = _decoder(a, cfg)
-    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
-    summary = evaluate(dec, examples, methods, config=cfg, batch_size=a.batch_size, progress=not a.no_progress)
-    print(markdown_table(summary))
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"dataset": a.dataset, "n": len(examples), "config": cfg.model_dump(),
-                                            "methods": list(summary.values())}, indent=2) + "\n")
+    summary = evaluate(dec, examples, methods, config=cfg, batch_size=a.batch_size, progress=not a.no_progress,
+                       prompt_style=a.prompt_style, records=records)
+    table = markdown_table(summary)
+    print(table)
+    doc = {"dataset": a.dataset, "n": len(examples), "prompt_style": a.prompt_style,
+           "models": {"draft": a.draft, "target": a.target, "reward": a.reward},
+           "config": cfg.model_dump(mode="json"), "methods": list(summary.values())}
+    targets = [Path(a.json)] if a.json else []
+    if a.out:
+        targets.append(Path(a.out) / "summary.json")
+        (Path(a.out) / "summary.md").write_text(table + "\n")
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        t.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from rsd_core.eval.plot import plot_summary
+
+    src = Path(a.summary)
+    if src.is_dir():
+        src = src / "summary.json"
+    for p in plot_summary(src, a.out or src.parent):
+        print(p)
     return 0
 
 
@@ -141,17 +180,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print the full result as JSON")
     _add_model_args(g)
     g.set_defaults(fn=cmd_generate)
-    e = sub.add_parser("eval", help="accuracy vs compute over a dataset")
-    e.add_argument("--dataset", default="toy", help="toy, or a JSONL path")
-    e.add_argument("--methods", default="target,draft,rsd", help="comma list: target,draft,rsd[:δ],bon:N,majority:N")
-    e.add_argument("--n", type=int, default=None, help="number of problems (toy default 300)")
+    e = sub.add_parser("eval", help="accuracy vs compute over a dataset (resumable)")
+    e.add_argument("--dataset", default="toy", help="toy, gsm8k, math500, a JSONL path or a hub dataset name")
+    e.add_argument("--data-file", help="a local JSONL copy of gsm8k / math500 (instead of the hub)")
+    e.add_argument("--split", help="hub split (default test)")
+    e.add_argument("--methods", default="target,draft,rsd",
+                   help="comma list: target,draft,rsd[:δ],sd[:K],bon:N,majority:N")
+    e.add_argument("--deltas", help="comma list of δ: 'rsd' in --methods runs once per δ")
+    e.add_argument("--prompt-style", default="auto", choices=["auto", "qwen-math", "cot", "plain"],
+                   help="how questions are put (auto: by model family)")
+    e.add_argument("--n", type=int, default=None, help="number of problems (default all; toy 300)")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--json", help="write the summary here")
-    e.add_argument("--question-field", default="question")
-    e.add_argument("--answer-field", default="answer")
+    e.add_argument("--out", help="folder for records.jsonl (appended per problem; a rerun resumes), "
+                                 "summary.json and summary.md")
+    e.add_argument("--overwrite", action="store_true", help="start again instead of resuming --out")
+    e.add_argument("--json", help="also write the summary here")
+    e.add_argument("--question-field", default=None, help="question field of a JSONL/hub dataset")
+    e.add_argument("--answer-field", default=None, help="answer field of a JSONL/hub dataset")
     e.add_argument("--no-progress", action="store_true")
     _add_model_args(e)
     e.set_defaults(fn=cmd_eval)
+    pl = sub.add_parser("plot", help="PNG plots of an eval summary (needs matplotlib)")
+    pl.add_argument("summary", help="summary.json, or the --out folder of rsd eval")
+    pl.add_argument("--out", help="folder for the PNGs (default: next to the summary)")
+    pl.set_defaults(fn=cmd_plot)
     return ap
 
 
@@ -167,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from rsd_core.errors import RSDError
 
-        if isinstance(e, (RSDError, ValidationError, FileNotFoundError, KeyError, ValueError)):
+        if isinstance(e, (RSDError, ValidationError, FileNotFoundError, KeyError, ValueError, ImportError)):
             print(f"rsd {args.cmd}: {e}", file=sys.stderr)
             return 2
         raise

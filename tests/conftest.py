@@ -16,6 +16,14 @@ from tiny_models import tiny_config
 
 
 @pytest.fixture(scope="session")
+def toy():
+    """The shipped toy trio, loaded once per test session."""
+    from rsd_core.decoder import RewardGuidedDecoder
+
+    return RewardGuidedDecoder.from_pretrained()
+
+
+@pytest.fixture(scope="session")
 def toy_tokenizer():
     rng = random.Random(7)
     corpus = []

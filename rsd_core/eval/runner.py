@@ -1,7 +1,12 @@
 """Run methods over a dataset and summarise accuracy against compute.
 
-Methods: ``target``, ``draft``, ``rsd`` (at the config's δ, or ``rsd:0.5`` for another δ),
-``bon:N`` (best-of-N from the draft, PRM-scored) and ``majority:N``.
+Methods: ``target``, ``draft``, ``rsd`` (at the config's δ, or ``rsd:0.5`` for another δ), ``sd``
+(token-level speculative decoding; ``sd:K`` for K draft tokens per round), ``bon:N`` (best-of-N from
+the draft, PRM-scored) and ``majority:N``.
+
+With ``records_path`` every problem's record is appended to a JSONL file as soon as its batch ends
+(flushed and fsynced), and a run started again with the same file skips what is there: an
+interrupted run resumes where it stopped, and the summary is the same as an uninterrupted run's.
 
 Example:
     >>> summary = evaluate(dec, toy_examples(20), ["target", "rsd"])   # doctest: +SKIP
@@ -10,104 +15,265 @@ Example:
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from rsd_core.baselines import best_of_n, draft_only, majority_vote, target_only
+from rsd_core.baselines import best_of_n, draft_only, majority_vote, speculative_decoding, target_only
 from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.eval.answers import extract_answer, grade_numeric
+from rsd_core.eval.answers import extract_answer, grade
 from rsd_core.eval.datasets import Example
+from rsd_core.eval.prompts import build_messages, resolve_style
 from rsd_core.events import RSDResult
 
 MODELS = ("draft", "target", "reward")
+RECORDS_VERSION = 1
+
+Runner = Callable[[RewardGuidedDecoder, list[Any]], list[RSDResult]]
 
 
-def parse_method(method: str, cfg: RSDConfig) -> tuple[str, Callable[..., list[RSDResult]]]:
+def parse_method(method: str, cfg: RSDConfig) -> tuple[str, Runner]:
+    name, _, arg = method.strip().partition(":")
+    try:
+        if name == "target" and not arg:
+            return method, lambda dec, ps: target_only(dec, ps, cfg)
+        if name == "draft" and not arg:
+            return method, lambda dec, ps: draft_only(dec, ps, cfg)
+        if name == "rsd":
+            delta = float(arg) if arg else cfg.threshold
+            c = cfg.model_copy(update={"threshold": delta})
+            RSDConfig.model_validate(c.model_dump())  # δ outside [0, 1] fails here, naming the field
+            return method, lambda dec, ps: dec.generate(ps, config=c)
+        if name == "sd":
+            k = int(arg) if arg else None
+            if k is not None and k < 1:
+                raise ValueError
+            return method, lambda dec, ps: speculative_decoding(dec, ps, cfg, num_assistant_tokens=k)
+        if name in ("bon", "majority"):
+            n = int(arg or 8)
+            if n < 1:
+                raise ValueError
+            if name == "bon":
+                return method, lambda dec, ps: best_of_n(dec, ps, n, config=cfg)
+            return method, lambda dec, ps: majority_vote(dec, ps, n, extract_answer=extract_answer, config=cfg)
+    except ValueError as e:
+        if "threshold" in str(e):
+            raise ValueError(f"method {method!r}: δ must lie in [0, 1]") from None
+        raise ValueError(f"method {method!r}: bad argument {arg!r}") from None
+    raise ValueError(f"unknown method {method!r}: use target, draft, rsd[:δ], sd[:K], bon:N or majority:N")
+
+
+def expand_methods(methods: Sequence[str], deltas: Sequence[float] = ()) -> list[str]:
+    """``rsd`` with a list of δ becomes ``rsd:δ`` for each; duplicates dropped, order kept."""
+    out: list[str] = []
+    for m in methods:
+        m = m.strip()
+        items = [f"rsd:{d:g}" for d in deltas] if m == "rsd" and deltas else [m]
+        out.extend(i for i in items if i and i not in out)
+    return out
+
+
+def method_delta(method: str, cfg: RSDConfig) -> float | None:
     name, _, arg = method.partition(":")
-    if name == "target":
-        return method, lambda dec, ps: target_only(dec, ps, cfg)
-    if name == "draft":
-        return method, lambda dec, ps: draft_only(dec, ps, cfg)
     if name == "rsd":
-        c = cfg.model_copy(update={"threshold": float(arg)}) if arg else cfg
-        return method, lambda dec, ps: dec.generate(ps, config=c)
-    if name in ("bon", "majority"):
-        n = int(arg or 8)
-        if name == "bon":
-            return method, lambda dec, ps: best_of_n(dec, ps, n, config=cfg)
-        return method, lambda dec, ps: majority_vote(dec, ps, n, extract_answer=extract_answer, config=cfg)
-    raise ValueError(f"unknown method {method!r}: use target, draft, rsd[:delta], bon:N or majority:N")
+        return float(arg) if arg else cfg.threshold
+    return {"target": 1.0, "draft": 0.0}.get(name)
 
 
-def summarize(method: str, records: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------ summaries
+
+
+def summarize(method: str, records: list[dict[str, Any]], delta: float | None = None) -> dict[str, Any]:
     n = len(records)
     stats = [r["stats"] for r in records]
     judged = sum(s["draft_steps"] for s in stats)
     accepted = sum(s["accepted_draft_steps"] for s in stats)
+    target_steps = sum(s["target_steps"] for s in stats)
     tokens = {m: {"prefill": sum(s[m]["prefill_tokens"] for s in stats),
                   "decode": sum(s[m]["decode_tokens"] for s in stats)} for m in MODELS}
     flops = {m: sum(s[m]["flops"] for s in stats) for m in MODELS}
     flops["total"] = sum(flops[m] for m in MODELS)
+    paper = {m: sum(s[m].get("paper_flops", 0.0) for s in stats) for m in MODELS}
+    paper["total"] = sum(paper[m] for m in MODELS)
+    wall = sum(r.get("wall_s", 0.0) for r in records)
+    per_q = (lambda x: x / n) if n else (lambda x: 0.0)
+    token_level = method.startswith("sd")
     return {
         "method": method,
+        "delta": delta,
         "n": n,
-        "accuracy": sum(r["correct"] for r in records) / n if n else 0.0,
+        "accuracy": per_q(sum(r["correct"] for r in records)),
         "acceptance_rate": accepted / judged if judged else None,
+        "acceptance_unit": "token" if token_level else "step",
+        # share of the solution's steps the target wrote (for sd: verification rounds per proposed token)
+        "target_step_rate": (target_steps / (accepted + target_steps) if accepted + target_steps else None)
+        if not token_level else None,
         "target_invocations": sum(s["target_invocations"] for s in stats),
-        "target_invocations_per_question": sum(s["target_invocations"] for s in stats) / n if n else 0.0,
+        "target_invocations_per_question": per_q(sum(s["target_invocations"] for s in stats)),
         "tokens": tokens,
-        "flops": flops,
-        "flops_per_question": flops["total"] / n if n else 0.0,
-        "wall_s": round(wall_s, 3),
+        "flops": flops,  # full count: every token each model reads or writes, prefill and attention included
+        "paper_flops": paper,  # the paper's count: 2·N per generated (PRM: scored) token
+        "flops_per_question": per_q(flops["total"]),
+        "paper_flops_per_question": per_q(paper["total"]),
+        "wall_s": round(wall, 3),
+        "wall_s_per_question": per_q(wall),
     }
 
 
-def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Sequence[str],
-             config: RSDConfig | None = None, batch_size: int = 16, progress: bool = True,
-             grade: Callable[[str | None, str], bool] = grade_numeric,
-             on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Every method over every example; returns ``{method: summary}``."""
-    cfg = config or dec.config
-    out: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        name, run = parse_method(method, cfg)
-        records: list[dict[str, Any]] = []
-        bar = tqdm(total=len(examples), desc=name, disable=not progress, leave=True)
-        t0 = time.perf_counter()
-        for start in range(0, len(examples), batch_size):
-            batch = examples[start : start + batch_size]
-            results = run(dec, [[{"role": "user", "content": ex.question}] for ex in batch])
-            for ex, res in zip(batch, results):
-                pred = extract_answer(res.text)
-                rec = {"method": name, "id": ex.id, "answer": ex.answer, "predicted": pred,
-                       "correct": bool(grade(pred, ex.answer)), "text": res.text,
-                       "stats": res.stats.to_dict()}
-                records.append(rec)
-                if on_record:
-                    on_record(rec)
-            bar.update(len(batch))
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in records) / len(records):.3f}")
-        bar.close()
-        out[name] = summarize(name, records, time.perf_counter() - t0)
-    return out
+def _flops(x: float) -> str:
+    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
 
 
 def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
     """Accuracy against compute, one row per method."""
-    rows = ["| method | n | accuracy | acceptance | target calls | draft tok (prefill/decode) | "
-            "target tok (prefill/decode) | PRM tok | FLOPs/question | wall s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | n | accuracy | acceptance | target calls/q | draft tok (prefill/decode) | "
+            "target tok (prefill/decode) | PRM tok | FLOPs/q (paper) | FLOPs/q (full) | wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries.values():
         t = s["tokens"]
         acc = "-" if s["acceptance_rate"] is None else f"{s['acceptance_rate']:.2f}"
+        if s["acceptance_rate"] is not None and s.get("acceptance_unit") == "token":
+            acc += " (tokens)"
         rows.append(
-            f"| {s['method']} | {s['n']} | {s['accuracy']:.3f} | {acc} | {s['target_invocations']} | "
+            f"| {s['method']} | {s['n']} | {s['accuracy']:.3f} | {acc} | {s['target_invocations_per_question']:.2f} | "
             f"{t['draft']['prefill']}/{t['draft']['decode']} | {t['target']['prefill']}/{t['target']['decode']} | "
-            f"{t['reward']['prefill']} | {s['flops_per_question']:.3g} | {s['wall_s']:.1f} |"
-        )
+            f"{t['reward']['prefill']} | {_flops(s['paper_flops_per_question'])} | "
+            f"{_flops(s['flops_per_question'])} | {s['wall_s']:.1f} |")
     return "\n".join(rows)
 
+
+# ------------------------------------------------------------------------------------------ records
+
+
+class RecordStore:
+    """Per-problem results in a JSONL file: a header line naming the run, then one line per problem.
+
+    Opening an existing file checks that it belongs to the same run (dataset, models, config) and
+    drops a last line cut off by a kill, so appending continues from the last complete record.
+    """
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = {"type": "meta", "version": RECORDS_VERSION, **meta}
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        if self.path.exists() and self.path.stat().st_size:
+            self._load()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_lines([self.meta])
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        good_end = 0
+        lines = raw.split(b"\n")
+        for i, line in enumerate(lines):
+            is_last = i == len(lines) - 1
+            if not line.strip():
+                if not is_last:
+                    good_end += len(line) + 1
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if is_last or all(not x.strip() for x in lines[i + 1:]):
+                    break  # a record cut off mid-write: drop it, it will be redone
+                raise ValueError(f"{self.path}:{i + 1} is not valid JSON; the records file is damaged") from None
+            if is_last:  # complete JSON but no newline: keep it, finish the line
+                good_end += len(line)
+                self._take(row, i)
+                with open(self.path, "r+b") as f:
+                    f.truncate(good_end)
+                    f.seek(good_end)
+                    f.write(b"\n")
+                return
+            good_end += len(line) + 1
+            self._take(row, i)
+        if good_end != len(raw):
+            with open(self.path, "r+b") as f:
+                f.truncate(good_end)
+
+    def _take(self, row: dict[str, Any], i: int) -> None:
+        if row.get("type") == "meta":
+            diff = sorted(k for k in set(self.meta) | set(row) if k != "type" and self.meta.get(k) != row.get(k))
+            if diff:
+                raise ValueError(f"{self.path} holds results of a different run (differs in: {', '.join(diff)}); "
+                                 "use another output path, or delete the file to start again")
+            return
+        if i == 0:
+            raise ValueError(f"{self.path} does not start with a run header; is it an rsd eval records file?")
+        self.records.setdefault((row["method"], row["id"]), row)
+
+    def _write_lines(self, rows: list[dict[str, Any]]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def done(self, method: str, ex_id: str) -> dict[str, Any] | None:
+        return self.records.get((method, ex_id))
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        new = [r for r in rows if (r["method"], r["id"]) not in self.records]
+        self._write_lines(new)
+        for r in new:
+            self.records[(r["method"], r["id"])] = r
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Sequence[str],
+             config: RSDConfig | None = None, batch_size: int = 16, progress: bool = True,
+             grade: Callable[[str | None, str], bool] = grade, prompt_style: str = "plain",
+             records: RecordStore | None = None,
+             on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
+    """Every method over every example; returns ``{method: summary}``.
+
+    ``prompt_style``: how each question is put (``rsd_core.eval.prompts``; ``auto`` picks by the
+    target model). ``records``: a ``RecordStore`` to append to and resume from.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    cfg = config or dec.config
+    style = resolve_style(prompt_style, getattr(dec.target, "model", None))
+    runs = [parse_method(m, cfg) for m in methods]  # every name checked before any model work
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in runs:
+        done = {ex.id: records.done(name, ex.id) for ex in examples} if records else {}
+        todo = [ex for ex in examples if not done.get(ex.id)]
+        kept = [r for r in done.values() if r]
+        bar = tqdm(total=len(examples), initial=len(kept), desc=name, disable=not progress, leave=True)
+        fresh: list[dict[str, Any]] = []
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            t0 = time.perf_counter()
+            results = run(dec, [build_messages(ex.question, style) for ex in batch])
+            share = (time.perf_counter() - t0) / len(batch)
+            rows = []
+            for ex, res in zip(batch, results):
+                pred = extract_answer(res.text)
+                rows.append({"method": name, "id": ex.id, "answer": ex.answer, "predicted": pred,
+                             "correct": bool(grade(pred, ex.answer)), "text": res.text,
+                             "finish_reason": res.finish_reason, "wall_s": share, "stats": res.stats.to_dict()})
+            if records:
+                records.add(rows)
+            fresh.extend(rows)
+            for r in rows:
+                if on_record:
+                    on_record(r)
+            bar.update(len(batch))
+            all_rows = kept + fresh
+            bar.set_postfix(acc=f"{sum(r['correct'] for r in all_rows) / len(all_rows):.3f}")
+        bar.close()
+        by_id = {r["id"]: r for r in kept + fresh}
+        out[name] = summarize(name, [by_id[ex.id] for ex in examples], method_delta(name, cfg))
+    return out
