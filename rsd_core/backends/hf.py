@@ -15,7 +15,10 @@ Example:
 from __future__ import annotations
 
 import inspect
+import json
+import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,9 +58,17 @@ def load_pretrained(
     trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> tuple[PreTrainedModel, Any]:
-    """Model and tokenizer exactly as transformers loads them (hub id or local path), with a clear error."""
+    """Model and tokenizer exactly as transformers loads them (hub id or local path), with a clear error.
+
+    A local path is checked first and never looked up on the hub (a typo must not turn into a download).
+    """
+    local = Path(name_or_path)
+    if local.exists():
+        check_local_checkpoint(local)
+        kwargs.setdefault("local_files_only", True)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
+                                            local_files_only=kwargs.get("local_files_only", False))
         model = auto_cls.from_pretrained(
             name_or_path,
             device_map=device_map,
@@ -66,10 +77,24 @@ def load_pretrained(
             use_safetensors=kwargs.pop("use_safetensors", None),
             **kwargs,
         )
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        # (pickle checkpoints load with weights_only=True: one that holds code fails here, unrun)
         raise ModelLoadError(f"could not load {name_or_path!r} with {auto_cls.__name__}: {e}") from e
     model.eval()
     return model, tok
+
+
+def check_local_checkpoint(path: Path) -> None:
+    """A folder holding a readable ``config.json``, or ``ModelLoadError`` saying what is wrong."""
+    if not path.is_dir():
+        raise ModelLoadError(f"{str(path)!r} is a file; a checkpoint is a folder with config.json and weights")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"{str(path)!r} has no config.json: it is not a transformers checkpoint")
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{str(cfg)!r} is not valid JSON ({e}): the checkpoint is damaged") from None
 
 
 def pop_load_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +210,10 @@ class CachedModel:
     def release(self, seq: int) -> None:
         self.states.pop(seq, None)
 
+    def count_scored(self, seq: int, n_tokens: int) -> None:
+        """A PRM's share of the paper's FLOPs count: the step tokens it scored."""
+        self.states[seq].usage.paper_flops += self.flops.weights(n_tokens)
+
     # the batched forward ----------------------------------------------------
     @torch.inference_mode()
     def run(
@@ -258,6 +287,7 @@ class CachedModel:
                 s.ids.extend(gen_lists[i])
                 s.own_unfed = 1
                 s.usage.decode_tokens += len(gen_lists[i])
+                s.usage.paper_flops += self.flops.weights(len(gen_lists[i]))
                 s.usage.flops += self.flops.forward(fed, p + len(c))
         return logits, gen_lists, eos_flags
 
@@ -311,6 +341,33 @@ class CachedModel:
             logits = out.logits[:, -1]
         # Rows that finished before a later sync may have sampled extra tokens: n_gen already excludes them.
         return gen, n_gen, eos
+
+
+def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | None, name: str,
+                  context_length: int) -> list[int]:
+    """Token ids of a raw text prompt, or of a chat through the tokenizer's chat template (with tools).
+
+    Checked before any model work: empty prompts, chats for models with no template, and prompts
+    that leave no room in the context raise clear errors.
+    """
+    if isinstance(prompt, str):
+        if tools:
+            raise ValueError("tools need a chat prompt (a list of messages), not a raw string")
+        ids = tokenizer(prompt).input_ids
+    else:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{name} has no chat template: pass a raw text prompt instead of messages")
+        text = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
+        if tools and text == tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True):
+            # The template ignores tools (SmolLM2's does): state them in the system turn instead.
+            text = tokenizer.apply_chat_template(with_tools_in_system_turn(prompt, tools), tokenize=False,
+                                                 add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError("the prompt is empty after tokenization")
+    if len(ids) >= context_length:
+        raise PromptTooLongError(f"the prompt has {len(ids)} tokens but {name} reads at most {context_length}")
+    return ids
 
 
 # --------------------------------------------------------------------------- the generator
@@ -379,26 +436,7 @@ class HFGenerator:
 
     # the contract --------------------------------------------------------------
     def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        if isinstance(prompt, str):
-            if tools:
-                raise ValueError("tools need a chat prompt (a list of messages), not a raw string")
-            ids = self.tokenizer(prompt).input_ids
-        else:
-            if getattr(self.tokenizer, "chat_template", None) is None:
-                raise ValueError(f"{self.name} has no chat template: pass a raw text prompt instead of messages")
-            text = self.tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
-            if tools and text == self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True):
-                # The template ignores tools (SmolLM2's does): state them in the system turn instead.
-                text = self.tokenizer.apply_chat_template(with_tools_in_system_turn(prompt, tools), tokenize=False,
-                                                          add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if not ids:
-            raise ValueError("the prompt is empty after tokenization")
-        if len(ids) >= self.context_length:
-            raise PromptTooLongError(
-                f"the prompt has {len(ids)} tokens but {self.name} reads at most {self.context_length}"
-            )
-        return ids
+        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length)
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
