@@ -9,8 +9,13 @@ Example:
 from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnavailableError,
     InvalidPromptError,
     ModelLoadError,
+    ModelMismatchError,
+    ModelRunError,
     PromptTooLongError,
     RSDError,
     UnknownRewardModelError,
@@ -22,6 +27,11 @@ from rsd_core.weighting import Weighting
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendError",
+    "BackendTimeoutError",
+    "BackendUnavailableError",
+    "ModelMismatchError",
+    "ModelRunError",
     "FunctionReward",
     "GenerationStats",
     "InvalidPromptError",

@@ -25,12 +25,13 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
-from rsd_core.errors import InvalidPromptError
+from rsd_core.errors import InvalidPromptError, ModelRunError, RSDError
 from rsd_core.events import (
     FinishReason,
     GenerationStats,
@@ -63,6 +64,26 @@ class _Seq:
     finish: FinishReason | None = None
 
 
+class _Serialized:
+    """Callbacks called from many threads, one event at a time."""
+
+    def __init__(self, callbacks: list[Any]):
+        self.callbacks, self.lock = callbacks, threading.Lock()
+
+    def _send(self, method: str, event: Any) -> None:
+        with self.lock:
+            dispatch(self.callbacks, method, event)
+
+    def on_step(self, event: StepEvent) -> None:
+        self._send("on_step", event)
+
+    def on_target_invocation(self, event: TargetInvocationEvent) -> None:
+        self._send("on_target_invocation", event)
+
+    def on_end(self, result: RSDResult) -> None:
+        self._send("on_end", result)
+
+
 def _conversation(prompt: Prompt) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
         if not prompt:
@@ -87,14 +108,21 @@ class RewardGuidedDecoder:
         reward: the PRM (a ``RewardModel``, a checkpoint id/path, or ``fn(question, steps, step)``).
             May be None only for draft-only or target-only runs.
         config: defaults for every run; ``generate(config=...)`` overrides per call.
+        concurrency: None (local models): the prompts of a call advance together, one batched forward
+            per model per round. A number (models behind servers): each prompt runs on its own, that
+            many at a time, so one waiting for the target never holds the others back; the server
+            batches what arrives together.
     """
 
     def __init__(self, draft: Generator, target: Generator, reward: RewardModel | str | Callable[..., float] | None,
-                 config: RSDConfig | None = None):
+                 config: RSDConfig | None = None, *, concurrency: int | None = None):
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1 (or None for batched rounds), got {concurrency}")
         self.draft = draft
         self.target = target
         self.reward = load_reward_model(reward) if reward is not None else None
         self.config = config or RSDConfig()
+        self.concurrency = concurrency
         self.same_tokenizer = same_tokenizer(draft.tokenizer, target.tokenizer)
         self._ids = itertools.count()
         self._lock = threading.RLock()  # one run at a time per decoder: models and RNGs are shared
@@ -138,6 +166,37 @@ class RewardGuidedDecoder:
         return cls(d, t, r, cfg)
 
     @classmethod
+    def from_vllm(
+        cls,
+        draft: Any,
+        target: Any,
+        reward: Any = None,
+        *,
+        config: RSDConfig | None = None,
+        reward_type: str | None = None,
+        concurrency: int = 16,
+    ) -> RewardGuidedDecoder:
+        """Drive models served by vLLM (``backends/vllm.py``): each of ``draft``, ``target`` and ``reward``
+        is a ``ServedModel`` or a dict ``{"url": ..., "model": ...}``; ``reward`` may also be a
+        ``RewardModel`` or a function. ``concurrency``: prompts in flight at once.
+
+        Example:
+            >>> dec = RewardGuidedDecoder.from_vllm(                                     # doctest: +SKIP
+            ...     draft={"url": "http://127.0.0.1:8001", "model": "Qwen/Qwen2.5-Math-1.5B-Instruct"},
+            ...     target={"url": "http://127.0.0.1:8002", "model": "Qwen/Qwen2.5-Math-7B-Instruct"},
+            ...     reward={"url": "http://127.0.0.1:8003", "model": "Qwen/Qwen2.5-Math-PRM-7B"})
+        """
+        from rsd_core.backends.vllm import ServedModel, VLLMGenerator, VLLMRewardModel
+
+        cfg = config or RSDConfig()
+        d = VLLMGenerator(draft, step_delimiters=cfg.step_delimiters, pool=concurrency)
+        t = VLLMGenerator(target, step_delimiters=cfg.step_delimiters, pool=concurrency)
+        r: Any = reward
+        if isinstance(reward, (ServedModel, dict)):
+            r = VLLMRewardModel(reward, reward_type=reward_type, pool=concurrency)
+        return cls(d, t, r, cfg, concurrency=concurrency)
+
+    @classmethod
     def from_models(cls, draft_model: Any, draft_tokenizer: Any, target_model: Any, target_tokenizer: Any,
                     reward: RewardModel | Callable[..., float] | None = None,
                     config: RSDConfig | None = None) -> RewardGuidedDecoder:
@@ -174,9 +233,10 @@ class RewardGuidedDecoder:
         if self.reward is None and (mode == "rsd" or score_all):
             raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
         with self._lock:
-            return _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all).execute(
-                list(prompts)  # type: ignore[arg-type]
-            )
+            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all)
+            if self.concurrency is None:
+                return run.execute(list(prompts))  # type: ignore[arg-type]
+            return run.execute_each(list(prompts), self.concurrency)  # type: ignore[arg-type]
 
 
 class _Run:
@@ -195,8 +255,8 @@ class _Run:
         self.t0 = time.perf_counter()
 
     # ------------------------------------------------------------------ the loop
-    def execute(self, prompts: list[Prompt]) -> list[RSDResult]:
-        seqs = self._start(prompts)
+    def execute(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[RSDResult]:
+        seqs = self._start(prompts, indices)
         results: dict[int, RSDResult] = {}
         try:
             while active := [s for s in seqs if s.finish is None]:
@@ -209,19 +269,47 @@ class _Run:
                         results[s.index] = self._finish(s)
         finally:
             self._release(seqs)
-        return [results[i] for i in range(len(seqs))]
+        return [results[s.index] for s in seqs]
+
+    def execute_each(self, prompts: list[Prompt], concurrency: int) -> list[RSDResult]:
+        """Every prompt as its own sequence of rounds, ``concurrency`` at a time (models behind servers).
+
+        All prompts are rendered and checked first, so a bad one fails the call before any request.
+        Callbacks are called one at a time. If some prompts fail, the others still finish (their
+        callbacks ran) and the first error is raised.
+        """
+        for p in prompts:
+            _conversation(p)
+            for model, used in ((self.draft, self.uses_draft), (self.target, self.uses_target)):
+                if used:
+                    model.render_prompt(p, self.tools)
+        self.callbacks = [_Serialized(self.callbacks)]
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(prompts)), thread_name_prefix="rsd-seq") as pool:
+            futures = [pool.submit(self._one, p, i) for i, p in enumerate(prompts)]
+            outcomes = [f.exception() or f.result() for f in futures]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise errors[0]
+        return outcomes  # type: ignore[return-value]
+
+    def _one(self, prompt: Prompt, index: int) -> RSDResult:
+        run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all)
+        run.rng = random.Random(None if self.cfg.seed is None else self.cfg.seed + index)
+        run.t0 = self.t0
+        return run.execute([prompt], [index])[0]
 
     def _rsd_round(self, seqs: list[_Seq]) -> None:
         # 1. the draft proposes the next step of every sequence
         t = time.perf_counter()
-        proposals = self.draft.generate_step([s.id for s in seqs], [self._budget(s, self.draft) for s in seqs])
+        proposals = self._model("draft", self.draft.generate_step, [s.id for s in seqs],
+                                [self._budget(s, self.draft) for s in seqs])
         draft_s = time.perf_counter() - t
         # 2. the PRM scores each proposal in context
         rewards: list[Any] = [None] * len(seqs)
         reward_s = 0.0
         if self.uses_reward:
             t = time.perf_counter()
-            rewards = list(self.reward.score([s.id for s in seqs], [p.text for p in proposals]))
+            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs], [p.text for p in proposals]))
             reward_s = time.perf_counter() - t
         # 3. keep each step with probability ω(r)
         if self.mode == "rsd":
@@ -252,12 +340,13 @@ class _Run:
                        rejected: list[tuple[_Seq, Step, float | None]] | None = None) -> None:
         lags = [s.target_lag for s in seqs]
         t = time.perf_counter()
-        steps = self.target.generate_step([s.id for s in seqs], [self._budget(s, self.target) for s in seqs])
+        steps = self._model("target", self.target.generate_step, [s.id for s in seqs],
+                            [self._budget(s, self.target) for s in seqs])
         target_s = time.perf_counter() - t
         rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
             # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
-            rewards = list(self.reward.score([s.id for s in seqs], [st.text for st in steps]))
+            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs], [st.text for st in steps]))
         if self.uses_draft:
             live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
             self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
@@ -275,7 +364,18 @@ class _Run:
             dispatch(self.callbacks, "on_step", event)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _start(self, prompts: list[Prompt]) -> list[_Seq]:
+    def _model(self, role: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A model call; its failure becomes a ``ModelRunError`` naming the model (the run then releases
+        its sequences, so the decoder stays usable)."""
+        try:
+            return fn(*args)
+        except RSDError:
+            raise
+        except Exception as e:
+            model = {"draft": self.draft, "target": self.target, "reward": self.reward}[role]
+            raise ModelRunError.wrap(role, getattr(model, "name", type(model).__name__), e) from e
+
+    def _start(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[_Seq]:
         if self.uses_draft:
             self.draft.reseed(self.cfg.seed)
             self.draft.sampling = self.cfg.draft_sampling
@@ -293,7 +393,8 @@ class _Run:
             rendered.append((conv, d_ids, t_ids))
         seqs = []
         for i, (conv, d_ids, t_ids) in enumerate(rendered):
-            s = _Seq(i, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []))
+            index = indices[i] if indices is not None else i
+            s = _Seq(index, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []))
             if d_ids is not None:
                 self.draft.start(s.id, d_ids)
             if t_ids is not None:
