@@ -9,16 +9,10 @@ import sys
 import pytest
 from transformers import AutoTokenizer
 
-from rsd_core import RewardGuidedDecoder
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.eval.runner import evaluate
 from rsd_core.rewards import LikelihoodPRM
 from rsd_core.toy import toy_model_paths
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return RewardGuidedDecoder.from_pretrained()
 
 
 def test_toy_trio_loads_through_the_plain_transformers_path(toy):
@@ -30,11 +24,13 @@ def test_toy_trio_loads_through_the_plain_transformers_path(toy):
     assert len(tok("\n\n", add_special_tokens=False).input_ids) == 1  # the delimiter is one token
 
 
+@pytest.mark.slow
 def test_toy_trio_shows_the_rsd_effect(toy):
-    s = evaluate(toy, toy_examples(60, seed=777), ["target", "draft", "rsd"], progress=False)
+    """The documented held-out set (300 problems): draft well below target, RSD at target level."""
+    s = evaluate(toy, toy_examples(300), ["target", "draft", "rsd"], batch_size=32, progress=False)
     target, draft, rsd = s["target"], s["draft"], s["rsd"]
     assert draft["accuracy"] <= target["accuracy"] - 0.15
-    assert rsd["accuracy"] >= target["accuracy"] - 0.05
+    assert rsd["accuracy"] >= target["accuracy"] - 0.01
     assert rsd["tokens"]["target"]["decode"] <= 0.5 * target["tokens"]["target"]["decode"]
     assert rsd["flops"]["target"] < target["flops"]["target"]
 

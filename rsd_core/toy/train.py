@@ -37,7 +37,7 @@ _CLASS_WEIGHT = torch.tensor([2.0, 1.0])  # training problems come from this str
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
-    "draft": (96, 4, 4, 2, 256),
+    "draft": (96, 4, 3, 3, 256),  # head_dim 32: vLLM's CPU attention takes 32, not 24
     "target": (128, 4, 4, 2, 384),
 }
 
@@ -130,8 +130,12 @@ def _problem_stream(name: str, seed: int) -> random.Random:
     return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7}[name])
 
 
-def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True)) -> dict:
-    """Train and save the three models; ``scale`` shortens training (tests use a tiny one)."""
+def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True),
+               only: tuple[str, ...] = ("target", "draft", "prm")) -> dict:
+    """Train and save the three models; ``scale`` shortens training (tests use a tiny one).
+
+    ``only``: the models to train and save (the PRM starts from the target, so it needs the target:
+    trained here, or read from ``out``)."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     corpus_rng = random.Random(TRAIN_SEED - 1)
@@ -146,29 +150,34 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     out.mkdir(parents=True, exist_ok=True)
     models = {}
     for name in ("target", "draft"):
+        if name not in only:
+            continue
         steps, lr = plan[name]
         log(f"{name}: {steps} steps")
         torch.manual_seed(seed + {"draft": 1, "target": 2}[name])
         model = Qwen2ForCausalLM(_config(tok, name))
         train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log)
         models[name] = model
-    steps, lr = plan["prm"]
-    log(f"prm: {steps} steps from the target")
-    torch.manual_seed(seed + 3)
-    prm = Qwen2ForCausalLM(_config(tok, "target"))
-    prm.load_state_dict(models["target"].state_dict())
-    train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 64, lr, log)
-    models["prm"] = prm
-    prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
+    if "prm" in only:
+        steps, lr = plan["prm"]
+        log(f"prm: {steps} steps from the target")
+        torch.manual_seed(seed + 3)
+        prm = Qwen2ForCausalLM(_config(tok, "target"))
+        start = models["target"] if "target" in models else Qwen2ForCausalLM.from_pretrained(out / "target").float()
+        prm.load_state_dict(start.state_dict())
+        train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 64, lr, log)
+        models["prm"] = prm
+        prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
     for name, model in models.items():
         if hasattr(model, "generation_config"):
             model.generation_config.pad_token_id = tok.pad_token_id
         # fp16 on disk keeps the package small; loaders upcast to fp32 on CPU.
         model.half().save_pretrained(out / name)
         tok.save_pretrained(out / name)
-    info = {"seed": seed, "scale": scale, "train_seconds": round(time.perf_counter() - t0, 1),
+    info = {"seed": seed, "scale": scale, "trained": list(models), "train_seconds": round(time.perf_counter() - t0, 1),
             "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}}
-    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    name = "training.json" if len(models) == 3 else f"training-{'-'.join(models)}.json"
+    (out / name).write_text(json.dumps(info, indent=2) + "\n")
     log(json.dumps(info))
     return info
 
@@ -178,9 +187,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full training steps")
+    ap.add_argument("--only", default="target,draft,prm", help="comma list of the models to train")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    train_trio(args.out, args.seed, args.scale)
+    only = tuple(x.strip() for x in args.only.split(",") if x.strip())
+    unknown = set(only) - {"target", "draft", "prm"}
+    if unknown:
+        ap.error(f"unknown model(s) {sorted(unknown)}: use target, draft, prm")
+    train_trio(args.out, args.seed, args.scale, only=only)
 
 
 if __name__ == "__main__":
