@@ -50,7 +50,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from rsd_core.config import RSDConfig, SamplingConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.errors import InvalidPromptError
+from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
@@ -360,10 +360,11 @@ class ChatRSD(BaseChatModel):
         for attempt in range(self.max_retries + 1):
             try:
                 return fn()
-            except torch.OutOfMemoryError:
-                if attempt == self.max_retries:
+            except (torch.OutOfMemoryError, ModelRunError) as e:
+                if attempt == self.max_retries or (isinstance(e, ModelRunError) and not e.out_of_memory):
                     raise
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ sync

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rsd_core.errors import RewardValueError
 from rsd_core.rewards.base import Conversation, RewardModel, question_of
 
 RewardFn = Callable[[str, list[str], str], float]
@@ -32,7 +33,7 @@ class FunctionReward(RewardModel):
         for s, step in zip(seqs, steps):
             r = float(self.fn(self._q[s], list(self._steps[s]), step))
             if not 0.0 <= r <= 1.0:
-                raise ValueError(f"reward function {self.name} returned {r}, outside [0, 1]")
+                raise RewardValueError(f"reward function {self.name} returned {r}, outside [0, 1]")
             self._steps[s].append(step)
             out.append(r)
         return out
