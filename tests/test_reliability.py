@@ -298,6 +298,48 @@ def test_sixteen_concurrent_ainvoke_and_astream_match_solo_outputs(shared):
     assert _wait_idle(shared)
 
 
+def test_llama_index_concurrent_calls_match_solo_outputs(shared):
+    from llama_index.core.llms import ChatMessage
+
+    from rsd_integrations.llama_index import RSDLLM
+
+    llm = RSDLLM(max_tokens=96)
+    solo = [llm.complete(q).text for q in QUESTIONS]
+
+    async def run():
+        async def streamed(q):
+            last = None
+            async for r in await llm.astream_chat([ChatMessage(role="user", content=q)]):
+                last = r
+            return last.message.content
+
+        inv = asyncio.gather(*(llm.acomplete(q) for q in QUESTIONS))
+        stm = asyncio.gather(*(streamed(q) for q in QUESTIONS))
+        return await inv, await stm
+
+    inv, stm = asyncio.run(run())
+    assert [r.text for r in inv] == solo and stm == solo
+    assert _wait_idle(shared)
+
+
+@fuzz
+@given(st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "tool"]), TEXT), max_size=4))
+def test_llama_index_messages_fuzzed(shared, turns):
+    from llama_index.core.llms import ChatMessage
+
+    from rsd_integrations.llama_index import RSDLLM
+
+    llm = RSDLLM(max_tokens=4, max_steps=1)
+    msgs = [ChatMessage(role=r, content=c) for r, c in turns]
+    try:
+        out = llm.chat(msgs)
+    except (InvalidPromptError, PromptTooLongError, ValueError) as e:
+        assert str(e)
+    else:
+        assert isinstance(out.message.content, str)
+    assert _wait_idle(shared)
+
+
 def test_decoder_state_is_not_shared_across_requests(shared):
     """Two different settings at once: each answer is what its own settings give alone."""
     a, b = ChatRSD(max_tokens=96, threshold=0.0), ChatRSD(max_tokens=96, threshold=1.0)
