@@ -25,7 +25,7 @@ from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt
 from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.events import GenerationStats, ModelUsage, RSDResult
+from rsd_core.events import FinishReason, GenerationStats, ModelUsage, RSDResult
 
 Aggregate = Literal["min", "prod", "last", "mean"]
 DEFAULT_SAMPLING = SamplingConfig(temperature=0.7, top_p=0.95)
@@ -183,7 +183,7 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
     extra: dict[str, Any] = {}
     if not dec.same_tokenizer:  # universal assisted decoding: candidates re-tokenized between models
         extra = {"tokenizer": dec.target.tokenizer, "assistant_tokenizer": dec.draft.tokenizer}
-    eos = getattr(dec.target, "eos_ids", set())
+    eos: set[int] = set(getattr(dec.target, "eos_ids", set()))
     out = []
     with dec._lock:
         for i, prompt in enumerate(prompts):
@@ -193,7 +193,7 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
             logs = _ForwardLog(draft), _ForwardLog(target)
             t0 = time.perf_counter()
             try:
-                x = torch.tensor([ids], device=dec.target.cached.device)
+                x = torch.tensor([ids], device=target.device)
                 seq = _quiet_generate(target, x, attention_mask=torch.ones_like(x), assistant_model=draft,
                                       generation_config=gen_cfg, **extra)[0, len(ids):].tolist()
             finally:
@@ -206,7 +206,7 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
                 draft_steps=proposed, accepted_draft_steps=max(0, min(proposed, len(seq) - rounds)),
                 target_steps=rounds, target_invocations=rounds, draft=d_log.usage(len(ids), proposed),
                 target=t_log.usage(len(ids), verified), wall_time_s=time.perf_counter() - t0)
-            finish = "eos" if seq and seq[-1] in eos else "max_new_tokens"
+            finish: FinishReason = "eos" if seq and seq[-1] in eos else "max_new_tokens"
             text = dec.target.tokenizer.decode(seq, skip_special_tokens=True)
             out.append(RSDResult(i, text, [], stats, finish, len(ids), len(seq)))
     return out

@@ -239,7 +239,7 @@ class VLLMGenerator:
         source = self.served.tokenizer or self.served.model
         self.tokenizer = tokenizer or _tokenizer(source)
         self.name = self.served.model
-        self.context_length = int(info.get("max_model_len") or getattr(self.tokenizer, "model_max_length", 4096))
+        self.context_length = int(info.get("max_model_len") or getattr(self.tokenizer, "model_max_length", None) or 4096)
         self.sampling = sampling or SamplingConfig()
         self._delimiters = list(step_delimiters or ["\n\n"])
         self._book = _SequenceBook(_flop_counter(source))

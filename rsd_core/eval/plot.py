@@ -76,11 +76,7 @@ def plot_summary(summary_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     fig.suptitle(f"Accuracy vs compute: {title}")
-    fig.tight_layout()
-    p = out / "accuracy_vs_flops.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    written.append(p)
+    written.append(_save(plt, fig, out / "accuracy_vs_flops.png"))
 
     sweep = sorted((r for r in rows if r["method"].startswith("rsd") and r.get("delta") is not None),
                    key=lambda r: r["delta"])
@@ -99,9 +95,12 @@ def plot_summary(summary_path: str | Path, out_dir: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         ax.set_title(f"δ sweep: {title}")
-        fig.tight_layout()
-        p = out / "delta_sweep.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out / "delta_sweep.png"))
     return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

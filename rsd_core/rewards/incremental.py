@@ -32,7 +32,7 @@ class IncrementalPRM(RewardModel):
         pad = getattr(tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         # model=None: the family's input layout only (a server scores it; see backends/vllm.py)
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=True) if model is not None else None
+        self.cached: CachedModel = CachedModel(model, pad or 0, keep_last_logits_only=True) if model is not None else None  # type: ignore[assignment]
         self._lens: dict[int, list[int]] = {}
 
     # ---------------------------------------------------------------- the family's layout

@@ -30,7 +30,7 @@ class LikelihoodPRM(RewardModel):
         self.name = name or getattr(model, "name_or_path", "likelihood PRM")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # model=None: the family's input layout only (a server scores it; see backends/vllm.py)
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False) if model is not None else None
+        self.cached: CachedModel = CachedModel(model, pad or 0, keep_last_logits_only=False) if model is not None else None  # type: ignore[assignment]
         self._last: dict[int, list[torch.Tensor]] = {}  # per sequence: log-probs after each prefix
         self._lens: dict[int, list[int]] = {}
 
