@@ -270,8 +270,20 @@ def main() -> int:
         R["errors"].append(f"prm chunk: {e!r}")
     dec = RewardGuidedDecoder(gens["draft"], gens["target"], AlphaReward(prm_cache, 0.8), RSDConfig())
     R["rsd"] = []
+
+    def over_budget(what: str) -> bool:
+        """Checked before each timed part, and the results so far saved: a killed run still leaves its JSON."""
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(R, indent=2) + "\n")
+        if time.perf_counter() - t_start > a.budget_s:
+            R["errors"].append(f"skipped {what} and after: time budget ({a.budget_s:g} s) spent")
+            return True
+        return False
+
     for b in [int(x) for x in a.batches.split(",")]:
         prompts = [f"problem {i}" for i in range(b)]
+        if over_budget(f"batch {b}"):
+            break
         try:
             # Warm-up at this batch size: slots grow to it and the graphs for its shapes are captured.
             run_rsd(dec, prompts, 0.5)
@@ -280,6 +292,8 @@ def main() -> int:
             R["rsd"].append(base)
             print(json.dumps(base), flush=True)
             for alpha in [float(x) for x in a.alphas.split(",")]:
+                if over_budget(f"batch {b} alpha {alpha}"):
+                    break
                 r = run_rsd(dec, prompts, alpha)
                 r["speedup"] = base["wall_s"] / r["wall_s"]
                 if b == 1 and "ours_ms" in per_token["target"]:
@@ -294,7 +308,6 @@ def main() -> int:
             R["errors"].append(f"rsd batch {b}: {e!r}")
             traceback.print_exc()
         if time.perf_counter() - t_start > a.budget_s:
-            R["errors"].append(f"stopped after batch {b}: time budget")
             break
     if not a.skip_hf_static and time.perf_counter() - t_start < a.budget_s - 120:
         for name in ("draft", "target"):

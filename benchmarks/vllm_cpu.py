@@ -24,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from vllm_servers import VLLMServer, vllm_python  # noqa: E402
+
 from rsd_core import RewardGuidedDecoder  # noqa: E402
 from rsd_core.eval.datasets import toy_examples  # noqa: E402
 from rsd_core.toy import toy_model_paths  # noqa: E402
-from vllm_servers import VLLMServer, vllm_python  # noqa: E402
 
 
 def main() -> int:
@@ -74,7 +75,7 @@ def main() -> int:
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")
     print(f"servers healthy after {startup:.0f} s; same answers: {same}")
-    print(f"| backend | problems/s | wall s | acceptance |\n|---|---|---|---|")
+    print("| backend | problems/s | wall s | acceptance |\n|---|---|---|---|")
     for k in ("transformers", "vllm"):
         r = rows[k]
         print(f"| {k} | {r['problems_per_s']:.2f} | {r['wall_s']:.2f} | {r['acceptance']:.2f} |")
