@@ -98,13 +98,13 @@ def detect_format(row: dict[str, Any]) -> DatasetFormat | None:
 def _take(rows: Iterable[tuple[int, dict[str, Any]]], fmt: DatasetFormat | None, where: str, n: int | None,
           question_field: str | None, answer_field: str | None) -> list[Example]:
     out: list[Example] = []
+    if fmt is not None and (question_field or answer_field):  # named fields override the known layout
+        fmt = DatasetFormat(question_field or fmt.question_field, answer_field or fmt.answer_field,
+                            gsm8k_answer=fmt.gsm8k_answer)
     for line, row in rows:
-        if fmt is None:
+        if fmt is None:  # decided once, from the first row
             fmt = detect_format(row) if not (question_field or answer_field) else None
             fmt = fmt or DatasetFormat(question_field or "question", answer_field or "answer")
-        elif question_field or answer_field:
-            fmt = DatasetFormat(question_field or fmt.question_field, answer_field or fmt.answer_field,
-                                gsm8k_answer=fmt.gsm8k_answer)
         out.append(fmt.example(row, len(out), f"{where}:{line}" if line else f"{where} row {len(out)}"))
         if n is not None and len(out) >= n:
             break

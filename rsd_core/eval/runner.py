@@ -253,6 +253,7 @@ def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Seq
         kept = [r for r in done.values() if r]
         bar = tqdm(total=len(examples), initial=len(kept), desc=name, disable=not progress, leave=True)
         fresh: list[dict[str, Any]] = []
+        n_correct = sum(r["correct"] for r in kept)
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             t0 = time.perf_counter()
@@ -271,8 +272,8 @@ def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Seq
                 if on_record:
                     on_record(r)
             bar.update(len(batch))
-            all_rows = kept + fresh
-            bar.set_postfix(acc=f"{sum(r['correct'] for r in all_rows) / len(all_rows):.3f}")
+            n_correct += sum(r["correct"] for r in rows)
+            bar.set_postfix(acc=f"{n_correct / (len(kept) + len(fresh)):.3f}")
         bar.close()
         by_id = {r["id"]: r for r in kept + fresh}
         out[name] = summarize(name, [by_id[ex.id] for ex in examples], method_delta(name, cfg))
