@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rsd_core.accounting import FlopCounter
@@ -382,35 +382,35 @@ class VLLMRewardModel(RewardModel):
         st = self._book.states[seq]
         if self.kind == "step_tag":
             new = self.layout.step_ids(step, len(self._steps[seq]))
+            reward = self._tag_reward(st.ids + new)
         else:
             new = self.layout.step_ids(step)
-        ids = st.ids + new
-        if self.kind == "step_tag":
-            data = self.client.request("POST", "/pooling", {"model": self.name, "input": ids, "task": "token_classify"})
-            try:
-                probs = data["data"][0]["data"][-1]
-            except (KeyError, IndexError, TypeError):
-                raise BackendError(f"{self.name}: unexpected /pooling response {str(data)[:200]} (is the PRM "
-                                   "served with --runner pooling?)") from None
-            reward = float(probs[1] if len(probs) > 1 else probs[0])
-        else:
-            data = self.client.post("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0.0,
-                                                        "prompt_logprobs": 0})
-            try:
-                rows = data["choices"][0]["prompt_logprobs"][-len(new):] if new else []
-                logps = [row[str(tok)]["logprob"] for row, tok in zip(rows, new)]
-            except (KeyError, IndexError, TypeError):
-                raise BackendError(f"{self.name}: unexpected prompt_logprobs in {str(data)[:200]}") from None
-            if not logps:
-                reward = 1.0
-            elif self.layout.aggregate == "min":
-                reward = math.exp(min(logps))
-            else:
-                reward = math.exp(sum(logps) / len(logps))
-        st.ids = ids
+            reward = self._likelihood_reward(st.ids + new, new)
+        st.ids = st.ids + new
         self._book.count(st, 0, scored=len(new))
         self._steps[seq].append(len(new))
         return min(1.0, max(0.0, reward))
+
+    def _tag_reward(self, ids: list[int]) -> float:
+        """Class-1 probability at the last position (the newest step tag), from ``/pooling``."""
+        data = self.client.request("POST", "/pooling", {"model": self.name, "input": ids, "task": "token_classify"})
+        try:
+            probs = data["data"][0]["data"][-1]
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.name}: unexpected /pooling response {str(data)[:200]} (is the PRM "
+                               "served with --runner pooling?)") from None
+        return float(probs[1] if len(probs) > 1 else probs[0])
+
+    def _likelihood_reward(self, ids: list[int], new: list[int]) -> float:
+        """The family's own aggregate over the step tokens' prompt log-probs."""
+        data = self.client.post("/v1/completions", {"prompt": ids, "max_tokens": 1, "temperature": 0.0,
+                                                    "prompt_logprobs": 0})
+        try:
+            rows = data["choices"][0]["prompt_logprobs"][-len(new):] if new else []
+            logps = [row[str(tok)]["logprob"] for row, tok in zip(rows, new)]
+        except (KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.name}: unexpected prompt_logprobs in {str(data)[:200]}") from None
+        return self.layout._reward(torch.tensor(logps, dtype=torch.float32))
 
     def rollback(self, seqs: list[int]) -> None:
         for s in seqs:
