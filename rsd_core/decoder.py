@@ -60,6 +60,7 @@ class _Seq:
     n_steps: int = 0
     n_tokens: int = 0
     target_lag: int = 0  # accepted draft tokens the target has not read yet
+    unscored: str = ""  # forced reply text the PRM reads with the first step it scores
     stats: GenerationStats = field(default_factory=GenerationStats)
     finish: FinishReason | None = None
 
@@ -216,24 +217,33 @@ class RewardGuidedDecoder:
         callbacks: Iterable[Any] = (),
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
+        reply_prefix: str = "",
     ) -> list[RSDResult]:
-        """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt."""
-        return self._run(prompts, config or self.config, list(callbacks), tools, stop)
+        """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt.
+
+        ``reply_prefix``: text every reply is forced to start with (``tool_choice`` opens a tool call
+        this way). The models read it as part of the prompt, the PRM scores it with the first step,
+        and each result's ``text`` starts with it; its tokens are not counted as generated.
+        """
+        return self._run(prompts, config or self.config, list(callbacks), tools, stop, reply_prefix=reply_prefix)
 
     def _run(self, prompts: Sequence[Prompt] | Prompt, cfg: RSDConfig, callbacks: list[Any],
-             tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False) -> list[RSDResult]:
+             tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False,
+             reply_prefix: str = "") -> list[RSDResult]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]  # a single prompt
         if not prompts:
             raise InvalidPromptError("no prompts given")
         if stop is not None and (not isinstance(stop, list) or any(not isinstance(s, str) or not s for s in stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        if not isinstance(reply_prefix, str):
+            raise ValueError(f"reply_prefix must be a string, got {type(reply_prefix).__name__}")
         weighting = Weighting.from_config(cfg)
         mode: Mode = "target" if weighting.always_rejects else "draft" if weighting.always_accepts else "rsd"
         if self.reward is None and (mode == "rsd" or score_all):
             raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
         with self._lock:
-            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all)
+            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix)
             if self.concurrency is None:
                 return run.execute(list(prompts))  # type: ignore[arg-type]
             return run.execute_each(list(prompts), self.concurrency)  # type: ignore[arg-type]
@@ -243,8 +253,10 @@ class _Run:
     """The state of one ``generate`` call."""
 
     def __init__(self, dec: RewardGuidedDecoder, cfg: RSDConfig, weighting: Weighting, mode: Mode,
-                 callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool):
+                 callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool,
+                 reply_prefix: str = ""):
         self.dec, self.cfg, self.weighting, self.mode = dec, cfg, weighting, mode
+        self.reply_prefix = reply_prefix
         self.draft, self.target = dec.draft, dec.target
         self.reward: RewardModel = dec.reward  # type: ignore[assignment]  # not None whenever uses_reward
         self.callbacks, self.tools, self.stop, self.score_all = callbacks, tools, stop, score_all
@@ -282,7 +294,7 @@ class _Run:
             _conversation(p)
             for model, used in ((self.draft, self.uses_draft), (self.target, self.uses_target)):
                 if used:
-                    model.render_prompt(p, self.tools)
+                    model.render_prompt(p, self.tools, self.reply_prefix)
         self.callbacks = [_Serialized(self.callbacks)]
         with ThreadPoolExecutor(max_workers=min(concurrency, len(prompts)), thread_name_prefix="rsd-seq") as pool:
             futures = [pool.submit(self._one, p, i) for i, p in enumerate(prompts)]
@@ -293,7 +305,8 @@ class _Run:
         return outcomes  # type: ignore[return-value]
 
     def _one(self, prompt: Prompt, index: int) -> RSDResult:
-        run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all)
+        run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all,
+                   self.reply_prefix)
         run.rng = random.Random(None if self.cfg.seed is None else self.cfg.seed + index)
         run.t0 = self.t0
         return run.execute([prompt], [index])[0]
@@ -309,7 +322,8 @@ class _Run:
         reward_s = 0.0
         if self.uses_reward:
             t = time.perf_counter()
-            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs], [p.text for p in proposals]))
+            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs],
+                                       [s.unscored + p.text for s, p in zip(seqs, proposals)]))
             reward_s = time.perf_counter() - t
         # 3. keep each step with probability ω(r)
         if self.mode == "rsd":
@@ -346,7 +360,8 @@ class _Run:
         rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
             # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
-            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs], [st.text for st in steps]))
+            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs],
+                                       [s.unscored + st.text for s, st in zip(seqs, steps)]))
         if self.uses_draft:
             live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
             self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
@@ -388,13 +403,14 @@ class _Run:
         rendered = []
         for p in prompts:
             conv = _conversation(p)
-            d_ids = self.draft.render_prompt(p, self.tools) if self.uses_draft else None
-            t_ids = self.target.render_prompt(p, self.tools) if self.uses_target else None
+            d_ids = self.draft.render_prompt(p, self.tools, self.reply_prefix) if self.uses_draft else None
+            t_ids = self.target.render_prompt(p, self.tools, self.reply_prefix) if self.uses_target else None
             rendered.append((conv, d_ids, t_ids))
         seqs = []
         for i, (conv, d_ids, t_ids) in enumerate(rendered):
             index = indices[i] if indices is not None else i
-            s = _Seq(index, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []))
+            s = _Seq(index, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []),
+                     text=self.reply_prefix, unscored=self.reply_prefix)
             if d_ids is not None:
                 self.draft.start(s.id, d_ids)
             if t_ids is not None:
@@ -413,6 +429,7 @@ class _Run:
         return step.token_ids if self.dec.same_tokenizer else dst.encode_text(step.text)
 
     def _accept(self, s: _Seq, step: Step, reward: float | None, source: str) -> None:
+        s.unscored = ""
         s.n_steps += 1
         s.n_tokens += len(step.token_ids)
         prev_len = len(s.text)

@@ -306,3 +306,34 @@ def test_tools_reach_the_prompt_even_when_the_template_ignores_them(tiny_paths):
     rendered = gen.tokenizer.decode(gen.render_prompt(chat, tools))
     assert "add_numbers" in rendered and "<tool_call>" in rendered and rendered.startswith("<|im_start|>system")
     assert "add_numbers" not in gen.tokenizer.decode(gen.render_prompt(chat))
+
+
+# ---------------------------------------------------------------- forced reply start (tool_choice)
+
+
+def test_reply_prefix_is_read_as_prompt_and_starts_the_text(tiny_paths):
+    """Forcing the reply's start equals writing it into the prompt, for the models and the PRM."""
+    seen: list[tuple[list[str], str]] = []
+
+    def reward(q, prev, step):
+        seen.append((list(prev), step))
+        return 0.0 if len(prev) % 2 == 1 else 1.0
+
+    prefix = "Ben has 30 pens. He loses"
+    chat = [{"role": "user", "content": "Ben has 30 pens. He loses 4. How many pens does Ben have now?"}]
+    forced = make(tiny_paths, reward=reward, threshold=0.5).generate([chat], reply_prefix=prefix)[0]
+    first = seen[0]
+    gen = HFGenerator.from_pretrained(tiny_paths["target"])
+    written = gen.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + prefix
+    plain = make(tiny_paths, reward=lambda q, prev, step: reward(q, prev, step), threshold=0.5).generate(
+        [written])[0]
+    assert forced.text.startswith(prefix) and forced.text == prefix + plain.text
+    assert [s.token_ids for s in forced.steps] == [s.token_ids for s in plain.steps]
+    assert first == ([], prefix + forced.steps[0].text)  # the PRM scores the forced text with the first step
+    assert forced.num_output_tokens == sum(len(s.token_ids) for s in forced.steps if s.accepted)  # forced: not counted
+    assert forced.num_prompt_tokens == len(gen.render_prompt(chat, None, prefix))
+
+
+def test_reply_prefix_must_be_text(tiny_paths):
+    with pytest.raises(ValueError, match="reply_prefix must be a string"):
+        make(tiny_paths).generate([PROMPTS[0]], reply_prefix=None)  # type: ignore[arg-type]

@@ -35,8 +35,10 @@ class Generator(Protocol):
 
     def set_step_delimiters(self, delimiters: list[str]) -> None: ...
 
-    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """Token ids for a raw text prompt or a chat (rendered with the model's chat template)."""
+    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
+                      reply_prefix: str = "") -> list[int]:
+        """Token ids for a raw text prompt or a chat (rendered with the model's chat template), followed
+        by ``reply_prefix``, the forced start of the reply (e.g. an opened tool call)."""
         ...
 
     def encode_text(self, text: str) -> list[int]:

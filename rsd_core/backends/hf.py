@@ -344,8 +344,11 @@ class CachedModel:
 
 
 def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | None, name: str,
-                  context_length: int) -> list[int]:
+                  context_length: int, reply_prefix: str = "") -> list[int]:
     """Token ids of a raw text prompt, or of a chat through the tokenizer's chat template (with tools).
+
+    ``reply_prefix`` is text the reply is forced to start with; it is tokenized together with the
+    rendered prompt, exactly as if the model had written it.
 
     Checked before any model work: empty prompts, chats for models with no template, and prompts
     that leave no room in the context raise clear errors.
@@ -353,7 +356,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
     if isinstance(prompt, str):
         if tools:
             raise ValueError("tools need a chat prompt (a list of messages), not a raw string")
-        ids = tokenizer(prompt).input_ids
+        ids = tokenizer(prompt + reply_prefix).input_ids
     else:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{name} has no chat template: pass a raw text prompt instead of messages")
@@ -362,7 +365,7 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
             # The template ignores tools (SmolLM2's does): state them in the system turn instead.
             text = tokenizer.apply_chat_template(with_tools_in_system_turn(prompt, tools), tokenize=False,
                                                  add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False).input_ids
+        ids = tokenizer(text + reply_prefix, add_special_tokens=False).input_ids
     if not ids:
         raise ValueError("the prompt is empty after tokenization")
     if len(ids) >= context_length:
@@ -435,8 +438,9 @@ class HFGenerator:
             self._generator.manual_seed(seed)
 
     # the contract --------------------------------------------------------------
-    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length)
+    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
+                      reply_prefix: str = "") -> list[int]:
+        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length, reply_prefix)
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids

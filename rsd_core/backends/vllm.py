@@ -254,8 +254,9 @@ class VLLMGenerator:
     def reseed(self, seed: int | None) -> None:
         self._seed = seed
 
-    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
-        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length)
+    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
+                      reply_prefix: str = "") -> list[int]:
+        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length, reply_prefix)
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
