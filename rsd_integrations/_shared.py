@@ -21,6 +21,7 @@ from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult
+from rsd_integrations.chat_format import call_opening, forced_reply, tool_names
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,20 @@ def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
         return sched
 
 
+def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | None,
+                        tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str]:
+    """The tools to offer and the forced reply start that make ``tool_choice`` hold on this model.
+
+    ``"none"`` offers no tools; ``"any"``/``"required"``/a name force the reply to open a tool call
+    (in the target's own call format), so the model can only write the arguments.
+    """
+    if not tools or tool_choice == "none":
+        if tool_choice not in (None, "auto", "none", False):
+            raise ValueError(f"tool_choice={tool_choice!r} but no tools are bound")
+        return None, ""
+    return tools, forced_reply(tool_names(tools), tool_choice, call_opening(dec.target.tokenizer))
+
+
 _END = object()
 
 
@@ -74,6 +89,7 @@ class Request:
     tools: list[dict[str, Any]] | None = None
     stop: list[str] | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    reply_prefix: str = ""  # forced start of the reply (tool_choice)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -81,7 +97,8 @@ class Request:
         self._aq: asyncio.Queue[Any] | None = asyncio.Queue() if self.loop else None
 
     def group_key(self) -> str:
-        return json.dumps([self.config.model_dump(), self.tools, self.stop], sort_keys=True, default=str)
+        return json.dumps([self.config.model_dump(), self.tools, self.stop, self.reply_prefix], sort_keys=True,
+                          default=str)
 
     def put(self, item: Any) -> None:
         if self.loop is not None:
@@ -157,7 +174,7 @@ class BatchScheduler:
         head = reqs[0]
         try:
             self.decoder.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
-                                  tools=head.tools, stop=head.stop)
+                                  tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix)
         except _AllCancelled:
             pass
         except (InvalidPromptError, PromptTooLongError) as e:

@@ -9,6 +9,8 @@ Example:
     >>> text, calls, bad = parse_tool_calls('Let me look.<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>')
     >>> text, calls[0].name, calls[0].arguments, bad
     ('Let me look.', 'f', {'x': 1}, [])
+    >>> forced_reply(["f"], "f")
+    '<tool_call>{"name": "f", "arguments": '
 """
 
 from __future__ import annotations
@@ -41,6 +43,47 @@ class InvalidToolCall:
     error: str
     name: str | None = None
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+
+def tool_names(tools: list[dict[str, Any]] | None) -> list[str]:
+    """Names of OpenAI-style tool schemas (``{"type": "function", "function": {"name": ...}}`` or bare)."""
+    return [t.get("function", t).get("name", "") for t in tools or []]
+
+
+def forced_reply(names: list[str], tool_choice: Any, opening: str = TOOL_OPEN) -> str:
+    """The start a reply is forced to have so that ``tool_choice`` holds: ``""`` (the model decides),
+    an opened call (``"any"``/``"required"``/``True``: some tool; one tool only: that one), or an
+    opened call to the named tool (``"name"``, ``{"type": "function", "function": {"name": ...}}``).
+
+    The model then writes the arguments itself. ``opening`` is the call tag as the model's chat
+    template writes it (Qwen2.5's puts a newline after it). ``"none"`` is handled by not offering the
+    tools at all (``offered_tools``).
+    """
+    if tool_choice in (None, False, "auto", "none"):
+        return ""
+    if tool_choice in (True, "any", "required"):
+        if not names:
+            raise ValueError(f"tool_choice={tool_choice!r} needs at least one tool")
+        if len(names) > 1:
+            return opening + '{"name": "'
+        name = names[0]
+    elif isinstance(tool_choice, str):
+        name = tool_choice
+    elif isinstance(tool_choice, dict) and isinstance(tool_choice.get("function", tool_choice).get("name"), str):
+        name = tool_choice.get("function", tool_choice)["name"]
+    else:
+        raise ValueError(f"tool_choice must be 'auto', 'none', 'any', 'required', a tool name or "
+                         f"{{'type': 'function', 'function': {{'name': ...}}}}, got {tool_choice!r}")
+    if name not in names:
+        raise ValueError(f"tool_choice names {name!r}, which is not among the tools: {names}")
+    return opening + json.dumps({"name": name})[:-1] + ', "arguments": '
+
+
+def call_opening(tokenizer: Any) -> str:
+    """The tool-call tag as this model's chat template writes it (Qwen2.5 and Hermes: a newline after it)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    newline_after = TOOL_OPEN + "\\n" in template or TOOL_OPEN + "\n" in template  # escaped or literal
+    return TOOL_OPEN + "\n" if newline_after else TOOL_OPEN
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:

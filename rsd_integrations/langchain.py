@@ -46,13 +46,13 @@ from langchain_core.runnables.config import (
 )
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rsd_core.config import RSDConfig, SamplingConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
@@ -260,8 +260,9 @@ class ChatRSD(BaseChatModel):
             raise ValueError(f"this ChatRSD serves {self.model_id!r}, not {kw['model']!r}; make another ChatRSD")
         chat = to_chat_dicts(messages)
         dec = self.get_decoder()
+        tools, prefix = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
         stops = stop if stop is not None else self.stop
-        return dec, Request(chat, self._rsd_config(dec, **kw), kw.get("tools") or None, stops or None, loop)
+        return dec, Request(chat, self._rsd_config(dec, **kw), tools, stops or None, loop, reply_prefix=prefix)
 
     # ------------------------------------------------------------------ results as messages
     def _message(self, res: RSDResult, tools: bool) -> AIMessage:
@@ -392,7 +393,7 @@ class ChatRSD(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, bool(kwargs.get("tools")))
+        streamer = _ChunkStreamer(self, kwargs)
         sink = None
         if run_manager is None:
             # LangChain names the run on the first chunk it sees: learn its id before any event.
@@ -432,7 +433,7 @@ class ChatRSD(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, bool(kwargs.get("tools")))
+        streamer = _ChunkStreamer(self, kwargs)
         sink = None
         if run_manager is None:
             first = ChatGenerationChunk(message=AIMessageChunk(content=""))
@@ -450,19 +451,73 @@ class ChatRSD(BaseChatModel):
                    **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
         """Tools are rendered by the target's chat template; ``<tool_call>`` output becomes ``tool_calls``.
 
-        ``tool_choice`` is accepted for compatibility: these local models decide themselves whether
-        to call a tool (no constrained decoding).
+        ``tool_choice``: ``None``/``"auto"`` (the model decides), ``"none"`` (tools not offered),
+        ``"any"``/``"required"``/``True`` (a call is forced: the reply starts with an opened
+        ``<tool_call>``; with one tool, already naming it), or a tool's name (that tool is forced).
+        The model writes the arguments.
+
+        Example:
+            >>> from langchain_core.tools import tool
+            >>> @tool
+            ... def multiply(a: int, b: int) -> int:
+            ...     'Multiply two integers.'
+            ...     return a * b
+            >>> msg = ChatRSD().bind_tools([multiply], tool_choice="multiply").invoke("What is 6 times 7?")  # doctest: +SKIP
+            >>> msg.tool_calls[0]["name"]  # doctest: +SKIP
+            'multiply'
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice not in (None, "auto", "none", "any", "required", True, False):
+            from rsd_integrations.chat_format import forced_reply, tool_names
+
+            forced_reply(tool_names(formatted), tool_choice)  # an unknown name fails here, not at invoke
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(self, schema: dict[str, Any] | type, *, include_raw: bool = False,
+                               method: str = "function_calling", strict: bool | None = None,
+                               **kwargs: Any) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers as ``schema`` (a pydantic class, a TypedDict or a JSON schema).
+
+        Every ``method`` (``"function_calling"``, ``"json_schema"``, ``"json_mode"``) offers the schema
+        as the model's one tool and forces the call (``tool_choice``), so the reply is a JSON object
+        in the format the model was trained to write; the arguments are parsed (and validated, for
+        pydantic classes). A schema is required: these models have no schema-free JSON mode.
+        """
+        if schema is None:
+            raise ValueError("ChatRSD has no schema-free JSON mode: pass a schema (a pydantic class, TypedDict or JSON schema)")
+        if method not in ("function_calling", "json_schema", "json_mode"):
+            raise ValueError(f"unknown method {method!r}: use 'function_calling', 'json_schema' or 'json_mode'")
+        from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+        from langchain_core.runnables import RunnableMap, RunnablePassthrough
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        if kwargs:
+            raise ValueError(f"with_structured_output does not take {sorted(kwargs)}")
+        llm = self.bind_tools([schema], tool_choice="any",
+                              ls_structured_output_format={"kwargs": {"method": method, "strict": strict},
+                                                           "schema": schema})
+        parser: Runnable
+        if isinstance(schema, type) and is_basemodel_subclass(schema):
+            parser = PydanticToolsParser(tools=[schema], first_tool_only=True)
+        else:
+            parser = JsonOutputKeyToolsParser(key_name=convert_to_openai_tool(schema)["function"]["name"],
+                                              first_tool_only=True)
+        if not include_raw:
+            return llm | parser
+        with_parsed = RunnablePassthrough.assign(parsed=lambda x: parser.invoke(x["raw"]), parsing_error=lambda _: None)
+        fallback = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | with_parsed.with_fallbacks([fallback], exception_key="parsing_error")
 
 
 class _ChunkStreamer:
     """Turns RSD events into chat chunks: the text of each accepted step, token by token."""
 
-    def __init__(self, llm: ChatRSD, tools: bool):
-        self.llm, self.tools = llm, tools
-        self.filter = ToolCallStreamFilter() if tools else None
+    def __init__(self, llm: ChatRSD, kwargs: dict[str, Any]):
+        self.llm, self.tools = llm, bool(kwargs.get("tools"))
+        self.filter = ToolCallStreamFilter() if self.tools else None
+        if self.filter is not None:  # a forced tool call's opening is part of the reply, not shown as content
+            _, prefix = tool_choice_request(llm.get_decoder(), kwargs.get("tools"), kwargs.get("tool_choice"))
+            self.filter.feed(prefix)
         self._tok = None
 
     def _tokenizer(self, source: str) -> Any:

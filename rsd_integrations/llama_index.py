@@ -40,7 +40,7 @@ from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 dispatcher = get_dispatcher(__name__)
@@ -174,10 +174,12 @@ class RSDLLM(FunctionCallingLLM):
             "seed": kw.get("seed", self.seed)})
 
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, bool]:
-        tools = kw.get("tools") or None
-        req = Request(to_chat_dicts(messages), self._config(**kw), tools, kw.get("stop", self.stop) or None, loop)
+        chat = to_chat_dicts(messages)
+        offered = kw.get("tools") or None
+        tools, prefix = tool_choice_request(self.get_decoder(), offered, kw.get("tool_choice"))
+        req = Request(chat, self._config(**kw), tools, kw.get("stop", self.stop) or None, loop, reply_prefix=prefix)
         get_scheduler(self.get_decoder()).submit(req)
-        return req, tools is not None
+        return req, offered is not None
 
     # ------------------------------------------------------------------ results
     def _response(self, res: RSDResult, tools: bool) -> ChatResponse:
@@ -211,10 +213,11 @@ class RSDLLM(FunctionCallingLLM):
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         span_id = active_span_id.get()
         req, tools = self._request(messages, **kwargs)
-        return self._stream_from(req.events(), span_id, tools)
+        return self._stream_from(req.events(), span_id, tools, req.reply_prefix)
 
-    def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: bool) -> ChatResponseGen:
-        deltas = _Deltas(self, span_id, tools)
+    def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: bool,
+                     prefix: str = "") -> ChatResponseGen:
+        deltas = _Deltas(self, span_id, tools, prefix)
         for e in events:
             if (r := deltas.on(e)) is not None:
                 yield r
@@ -237,7 +240,7 @@ class RSDLLM(FunctionCallingLLM):
         req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
 
         async def gen() -> AsyncIterator[ChatResponse]:
-            deltas = _Deltas(self, span_id, tools)
+            deltas = _Deltas(self, span_id, tools, req.reply_prefix)
             async for e in req.aevents():
                 if (r := deltas.on(e)) is not None:
                     yield r
@@ -289,6 +292,8 @@ class RSDLLM(FunctionCallingLLM):
             messages.append(user_msg if isinstance(user_msg, ChatMessage)
                             else ChatMessage(role=MessageRole.USER, content=user_msg))
         specs = [t.metadata.to_openai_tool() for t in tools]
+        if tool_required:  # FunctionAgent asks for a call: force one (the reply opens a <tool_call>)
+            kwargs["tool_choice"] = "required"
         return {"messages": messages, "tools": specs or None, **kwargs}
 
     def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
@@ -304,9 +309,11 @@ class _Deltas:
     """Turns RSD events into streamed chat responses (the text of each accepted step), reporting each
     event to LlamaIndex instrumentation on the way."""
 
-    def __init__(self, llm: RSDLLM, span_id: str | None, tools: bool):
+    def __init__(self, llm: RSDLLM, span_id: str | None, tools: bool, prefix: str = ""):
         self.llm, self.span_id, self.tools = llm, span_id, tools
         self.text, self.filter = "", ToolCallStreamFilter() if tools else None
+        if self.filter is not None:
+            self.filter.feed(prefix)  # a forced tool call's opening: part of the reply, not content
 
     def on(self, e: Any) -> ChatResponse | None:
         ev = _li_event(e, self.span_id)

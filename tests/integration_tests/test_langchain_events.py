@@ -192,7 +192,7 @@ def test_tool_calls_parsed_from_output_and_streamed_as_chunks(llm):
     msg = llm._message(res, tools=True)
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.content == "Let me add."
-    streamer = _ChunkStreamer(llm, tools=True)
+    streamer = _ChunkStreamer(llm, {"tools": [{"type": "function", "function": {"name": "add", "parameters": {}}}]})
     chunks = [c.message for e in [*steps, res] for c in streamer.chunks(e)]
     full = chunks[0]
     for c in chunks[1:]:
