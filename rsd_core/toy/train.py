@@ -11,6 +11,12 @@ stream of solutions; a step's reward is the smallest probability it gives any of
 two-class step-tag classifier trained on good and corrupted steps learned too slowly on 2 CPU cores to
 separate them: see docs/reward-models.md.)
 
+The target is trained in three stages: arithmetic; then tool use (``tool_use.py``: calling listed
+tools in the ``<tool_call>`` format of its chat template, answering from a tool's result, filling a
+schema, half of every batch still arithmetic); then the same with LlamaIndex ReActAgent turns mixed in.
+The draft learns arithmetic only: when it fumbles a tool call, the PRM (which saw tool chats too)
+rejects the step and the target writes it, which is RSD doing its job.
+
 Each model draws its training problems from its own seeded stream, so changing one model's recipe
 leaves the others' weights unchanged.
 """
@@ -30,9 +36,12 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rsd_core.toy.task import make_problem
 from rsd_core.toy.tokenizer import train_tokenizer
+from rsd_core.toy.tool_use import make_lesson, make_react_lesson
 
 TRAIN_SEED = 1234
 DRAFT_STEPS = 1200
+TOOL_STEPS = 3000  # the target's second stage: tool use (rsd_core/toy/tool_use.py)
+REACT_STEPS = 2000  # its third: more of the same, one LlamaIndex ReActAgent turn in every batch
 _CLASS_WEIGHT = torch.tensor([2.0, 1.0])  # training problems come from this stream; evaluation uses other seeds
 
 SIZES = {
@@ -118,6 +127,63 @@ def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, 
     model.eval()
 
 
+def _tool_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
+    """One tool-use chat as (input ids, labels): the prompt through the chat template with its tools,
+    and the reply, less what ``tool_choice`` would have forced."""
+    messages, tools, answer, forced = make_lesson(rng)
+    text = tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+    prompt = tok(text + answer[:forced], add_special_tokens=False).input_ids
+    reply = tok(answer[forced:] + tok.eos_token, add_special_tokens=False).input_ids
+    return prompt + reply, [-100] * len(prompt) + reply
+
+
+def _react_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
+    messages, answer = make_react_lesson(rng)
+    prompt = tok(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False).input_ids
+    reply = tok(answer + tok.eos_token, add_special_tokens=False).input_ids
+    return prompt + reply, [-100] * len(prompt) + reply
+
+
+def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random, steps: int, batch: int, lr: float,
+                log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None) -> None:
+    """Teach a trained model tool use, on a mix of tool chats and arithmetic (which it keeps).
+
+    ``react_rows``: ReActAgent turns per step (from the same tool stream), in place of tool chats.
+    ``checkpoint(step)``, if given, is called every 500 steps (to look at a long run before it ends)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.train()
+    n_tools = round(batch * tool_share) - react_rows
+    for step in range(steps):
+        tool_rows = [_tool_lesson_ids(tok, tool_rng) for _ in range(n_tools)]
+        react = [_react_lesson_ids(tok, tool_rng) for _ in range(react_rows)]
+        arith_rows = []
+        for _ in range(batch - n_tools - react_rows):
+            p = make_problem(arith_rng)
+            prompt = tok(chat_prompt(tok, p.question), add_special_tokens=False).input_ids
+            answer = tok(p.solution + tok.eos_token, add_special_tokens=False).input_ids
+            arith_rows.append((prompt + answer, [-100] * len(prompt) + answer))
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr)
+        loss = torch.zeros(())
+        for rows in (tool_rows, react, arith_rows):  # one forward each: short rows are not padded to long ones
+            if rows:
+                x, y = _pad([r[0] for r in rows], tok.pad_token_id), _pad([r[1] for r in rows], -100)
+                mask = (y != -100) | (x != tok.pad_token_id)
+                loss = loss + model(input_ids=x, attention_mask=mask, labels=y).loss * len(rows) / batch
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"  step {step:5d} loss {loss.item():.4f}")
+        if checkpoint is not None and step % 500 == 499:
+            model.eval()
+            checkpoint(step + 1)
+            model.train()
+    model.eval()
+
+
 def _problem_stream(name: str, seed: int) -> random.Random:
     """Each model's own seeded stream of training problems."""
     if name == "target":
@@ -127,7 +193,8 @@ def _problem_stream(name: str, seed: int) -> random.Random:
         for _ in range(1200 * 64):
             make_problem(rng)
         return rng
-    return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7}[name])
+    return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7, "target-tools": 13, "prm-tools": 17,
+                                                    "target-react": 19}[name])
 
 
 def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True),
@@ -146,6 +213,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     tok = _reloaded(train_tokenizer(corpus), out / "_tokenizer_check", corpus[:300])
     log(f"tokenizer: {len(tok)} tokens")
     plan = {"draft": (int(DRAFT_STEPS * scale), 3e-3), "target": (int(2000 * scale), 2e-3),
+            "target-tools": (int(TOOL_STEPS * scale), 1.2e-3), "target-react": (int(REACT_STEPS * scale), 1e-3),
             "prm": (int(300 * scale), 5e-4)}
     out.mkdir(parents=True, exist_ok=True)
     models = {}
@@ -157,6 +225,17 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         torch.manual_seed(seed + {"draft": 1, "target": 2}[name])
         model = Qwen2ForCausalLM(_config(tok, name))
         train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log)
+        if name == "target":  # then tool use: calls in the chat template's format, then LlamaIndex's ReAct
+            steps, lr = plan["target-tools"]
+            log(f"target: {steps} steps of tool use")
+            torch.manual_seed(seed + 4)
+            train_tools(model, tok, _problem_stream("target", seed), _problem_stream("target-tools", seed),
+                        max(steps, 1), 16, lr, log)
+            steps, lr = plan["target-react"]
+            log(f"target: {steps} steps of tool use with ReAct")
+            torch.manual_seed(seed + 5)
+            train_tools(model, tok, _problem_stream("target", seed), _problem_stream("target-react", seed),
+                        max(steps, 1), 16, lr, log, tool_share=0.5, react_rows=1)
         models[name] = model
     if "prm" in only:
         steps, lr = plan["prm"]
@@ -165,7 +244,9 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         prm = Qwen2ForCausalLM(_config(tok, "target"))
         start = models["target"] if "target" in models else Qwen2ForCausalLM.from_pretrained(out / "target").float()
         prm.load_state_dict(start.state_dict())
-        train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 64, lr, log)
+        # Its own stream of solutions and tool chats: it must judge a draft's attempt at a tool call too.
+        train_tools(prm, tok, _problem_stream("prm", seed), _problem_stream("prm-tools", seed), max(steps, 1), 32, lr,
+                    log)
         models["prm"] = prm
         prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
     for name, model in models.items():
