@@ -77,6 +77,11 @@ def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | 
     return tools, forced_reply(tool_names(tools), tool_choice, call_opening(dec.target.tokenizer))
 
 
+def offers_tools(kwargs: dict[str, Any]) -> bool:
+    """Whether a call offers tools (so ``<tool_call>`` output is parsed into calls): not with ``"none"``."""
+    return bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+
+
 _END = object()
 
 

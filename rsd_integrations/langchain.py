@@ -52,7 +52,7 @@ from rsd_core.config import RSDConfig, SamplingConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, tool_choice_request
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offers_tools, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
@@ -389,7 +389,7 @@ class ChatRSD(BaseChatModel):
             return [e for e in self._run_sync(messages, stop, run_manager, **kwargs)][-1]
 
         res = self._with_retries(once)
-        return ChatResult(generations=[ChatGeneration(message=self._message(res, bool(kwargs.get("tools"))))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(res, offers_tools(kwargs)))])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
@@ -428,7 +428,7 @@ class ChatRSD(BaseChatModel):
         async for e in self._run_async(messages, stop, run_manager, **kwargs):
             res = e
         assert isinstance(res, RSDResult)
-        return ChatResult(generations=[ChatGeneration(message=self._message(res, bool(kwargs.get("tools"))))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(res, offers_tools(kwargs)))])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
@@ -513,7 +513,7 @@ class _ChunkStreamer:
     """Turns RSD events into chat chunks: the text of each accepted step, token by token."""
 
     def __init__(self, llm: ChatRSD, kwargs: dict[str, Any]):
-        self.llm, self.tools = llm, bool(kwargs.get("tools"))
+        self.llm, self.tools = llm, offers_tools(kwargs)
         self.filter = ToolCallStreamFilter() if self.tools else None
         if self.filter is not None:  # a forced tool call's opening is part of the reply, not shown as content
             _, prefix = tool_choice_request(llm.get_decoder(), kwargs.get("tools"), kwargs.get("tool_choice"))
@@ -536,7 +536,7 @@ class _ChunkStreamer:
         elif isinstance(e, RSDResult):
             tail = self.filter.finish() if self.filter else ""
             msg = self.llm._message(e, self.tools)
-            chunks = [tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"]), id=tc["id"], index=i)
+            chunks = [tool_call_chunk(name=tc["name"], args=json.dumps(tc["args"], ensure_ascii=False), id=tc["id"], index=i)
                       for i, tc in enumerate(msg.tool_calls)]
             meta = self.llm._metadata(e)
             yield ChatGenerationChunk(message=AIMessageChunk(

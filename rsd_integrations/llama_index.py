@@ -40,7 +40,7 @@ from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, tool_choice_request
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offers_tools, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 dispatcher = get_dispatcher(__name__)
@@ -179,7 +179,7 @@ class RSDLLM(FunctionCallingLLM):
         tools, prefix = tool_choice_request(self.get_decoder(), offered, kw.get("tool_choice"))
         req = Request(chat, self._config(**kw), tools, kw.get("stop", self.stop) or None, loop, reply_prefix=prefix)
         get_scheduler(self.get_decoder()).submit(req)
-        return req, offered is not None
+        return req, offers_tools(kw)
 
     # ------------------------------------------------------------------ results
     def _response(self, res: RSDResult, tools: bool) -> ChatResponse:

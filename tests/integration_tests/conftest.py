@@ -1,25 +1,26 @@
 """Standard LangChain tests the embedded toy models cannot pass, and why.
 
-The toy trio was trained on arithmetic word problems only: it never learned to call tools or to answer in
-a JSON schema, so the standard tests of those capabilities are expected to fail on it (xfail, not skip:
-they still run). ChatRSD's tool-call plumbing itself is tested in test_langchain_events.py.
+The toy target was taught tool calling on random tools (rsd_core/toy/tool_use.py) and passes the
+standard tool-calling, tool-choice, structured-output and agent-loop tests. One remains beyond it:
+copying an unseen string of CJK characters byte for byte into an argument (it writes other CJK
+characters: a 0.8M-parameter model with a 419-token byte-level vocabulary). ChatRSD's handling of
+Unicode arguments (parsing, streaming chunks, no escaping) is tested on fixed model output in
+test_langchain_events.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-TOY_CANNOT = "the toy models know only arithmetic word problems; they were never taught to call tools or emit JSON"
-NEEDS_TOOL_USE = {
-    "test_tool_calling", "test_tool_calling_async", "test_bind_runnables_as_tools",
-    "test_tool_calling_with_no_arguments", "test_structured_output", "test_structured_output_async",
-    "test_structured_output_pydantic_2_v1", "test_structured_output_optional_param", "test_agent_loop",
-    "test_unicode_tool_call_integration",
+TOY_CANNOT = {
+    "test_unicode_tool_call_integration": "the toy target cannot copy an unseen CJK string byte for byte into a tool "
+                                          "argument (it writes other CJK characters); ChatRSD's Unicode handling is "
+                                          "tested on fixed output in test_langchain_events.py",
 }
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.cls is not None and item.cls.__name__ == "TestChatRSDIntegration" \
-                and getattr(item, "originalname", item.name) in NEEDS_TOOL_USE:
-            item.add_marker(pytest.mark.xfail(reason=TOY_CANNOT, strict=False))
+        reason = TOY_CANNOT.get(getattr(item, "originalname", item.name))
+        if item.cls is not None and item.cls.__name__ == "TestChatRSDIntegration" and reason:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=False))

@@ -178,6 +178,28 @@ def test_tool_messages_round_trip_through_the_template(llm):
     assert '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>' in rendered
 
 
+def test_unicode_tool_arguments_arrive_unescaped_in_invoke_and_stream(llm):
+    """Fixed model output with CJK arguments: the parsed args and the streamed chunks carry the characters."""
+    from rsd_core.events import GenerationStats, RSDResult, StepEvent
+    from rsd_integrations.langchain import _ChunkStreamer
+
+    call = '<tool_call>{"name": "unicode_customer", "arguments": {"customer_name": "你好啊集团", "description": "こんにちは"}}</tool_call>'
+    tok = llm.get_decoder().target.tokenizer
+    ids = tok(call, add_special_tokens=False).input_ids
+    step = StepEvent(0, 0, call, len(ids), "target", 0.9, None, True, token_ids=ids)
+    res = RSDResult(0, call, [step], GenerationStats(), "eos", 5, len(ids))
+    tools = [{"type": "function", "function": {"name": "unicode_customer", "parameters": {}}}]
+    msg = llm._message(res, tools=True)
+    assert msg.tool_calls[0]["args"] == {"customer_name": "你好啊集团", "description": "こんにちは"}
+    streamer = _ChunkStreamer(llm, {"tools": tools})
+    chunks = [c.message for e in (step, res) for c in streamer.chunks(e)]
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert "你好啊集团" in full.tool_call_chunks[0]["args"] and "\\u" not in full.tool_call_chunks[0]["args"]
+    assert full.tool_calls[0]["args"]["customer_name"] == "你好啊集团"
+
+
 def test_tool_calls_parsed_from_output_and_streamed_as_chunks(llm):
     """The parsing path on fixed model output (the toy models never call tools themselves)."""
     from rsd_core.events import GenerationStats, RSDResult, StepEvent

@@ -1,7 +1,7 @@
 """LangChain's standard integration suite for ChatRSD, on the embedded toy trio (real generation).
 
-The toy models were trained on arithmetic word problems only. Where a standard test needs a general
-instruct model (calling tools, following a JSON schema), conftest.py marks it xfail with that reason.
+The toy target was taught tool calling on random tools; the one standard test still beyond it is
+marked xfail in conftest.py, with the reason.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ class TestChatRSDIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"max_tokens": 60}
+        return {"max_tokens": 160}  # room for a tool call: the toy tokenizer spends ~70 tokens on one
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True
 
     @property
     def returns_usage_metadata(self) -> bool:

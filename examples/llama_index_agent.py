@@ -1,0 +1,50 @@
+"""A LlamaIndex FunctionAgent with RSDLLM on the embedded toy trio, calling a tool and answering from its result.
+
+    python examples/llama_index_agent.py
+
+FunctionAgent uses the model's own tool-call format (``<tool_call>{json}</tool_call>``), which the toy
+target was taught; the toy draft was not, so the PRM rejects its attempt and the target writes the call.
+The toy cannot reliably spell a tool name it never saw, so the first turn names the tool
+(``initial_tool_choice``); the model writes the arguments and then answers from the result.
+"""
+
+import asyncio
+
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.tools import FunctionTool
+
+from rsd_integrations.llama_index import RSDLLM, RSDStepEvent, RSDTargetInvocationEvent
+
+
+def square(x: int) -> int:
+    """Square a number."""
+    print(f"  (tool) square({x})")
+    return x * x
+
+
+class PrintSteps(BaseEventHandler):
+    @classmethod
+    def class_name(cls) -> str:
+        return "PrintSteps"
+
+    def handle(self, event, **kwargs):
+        if isinstance(event, RSDStepEvent):
+            reward = "-" if event.reward is None else f"{event.reward:.2f}"
+            print(f"  [{event.source:6s} reward {reward} {'kept' if event.accepted else 'rejected'}] "
+                  f"{event.text.strip()}")
+        elif isinstance(event, RSDTargetInvocationEvent):
+            print(f"  -> target writes step {event.step_index} ({event.reason})")
+
+
+async def main() -> None:
+    get_dispatcher().add_event_handler(PrintSteps())
+    llm = RSDLLM(threshold=0.7)
+    tools = [FunctionTool.from_defaults(square)]
+
+    agent = FunctionAgent(tools=tools, llm=llm, initial_tool_choice="square")
+    print("answer:", await agent.run("What is the value of square(12)? Use the tool."))
+
+
+asyncio.run(main())

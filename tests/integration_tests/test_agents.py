@@ -1,0 +1,258 @@
+"""Agents end to end on the embedded toy trio: tools really called, results read back, step events seen.
+
+The toy target was taught tool use on random tools (``rsd_core/toy/tool_use.py``); the tools here
+(``square``, ``magic_function``, ``get_weather``, ``Joke``) are names it never saw in training.
+It writes a call's format and integer arguments reliably once the call is opened with the tool's
+name, but it cannot reliably spell an unseen name by itself (benchmarks/toy_tools.py measures this),
+so the agents here force the first turn's call the way each framework allows (a middleware setting
+``tool_choice``, ``initial_tool_choice``, ``tool_required``); a real instruct model needs no help.
+The toy draft was never taught tools: its attempts are rejected by the PRM and the target writes
+the call, which the step events show.
+"""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+from pydantic import BaseModel, Field
+
+from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
+
+QUESTION = "What is the value of square(12)? Use the tool."
+
+
+class Recorder(RSDCallbackHandler):
+    def __init__(self):
+        self.steps, self.targets = [], []
+
+    def on_rsd_step(self, step, **kw):
+        self.steps.append(step)
+
+    def on_rsd_target_invocation(self, event, **kw):
+        self.targets.append(event)
+
+
+def make_square(calls: list):
+    @tool
+    def square(x: int) -> int:
+        """Square a number."""
+        calls.append(x)
+        return x * x
+
+    return square
+
+
+def call_a_tool_first():
+    """LangChain agent middleware: the first model turn must call a tool (``tool_choice="any"``)."""
+    from langchain.agents.middleware import AgentMiddleware
+
+    def first_turn(request):
+        if any(isinstance(m, ToolMessage) for m in request.messages):
+            return request
+        return request.override(tool_choice="any")
+
+    class FirstTurnCalls(AgentMiddleware):
+        def wrap_model_call(self, request, handler):
+            return handler(first_turn(request))
+
+        async def awrap_model_call(self, request, handler):
+            return await handler(first_turn(request))
+
+    return FirstTurnCalls()
+
+
+@tool
+def magic_function(input: int) -> int:
+    """Apply a magic function to an input."""
+    return input + 2
+
+
+@tool
+def get_weather(location: str) -> str:
+    """Get the weather at a location."""
+    return "It's sunny."
+
+
+class Joke(BaseModel):
+    """Joke to tell user."""
+
+    setup: str = Field(description="question to set up a joke")
+    punchline: str = Field(description="answer to resolve the joke")
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return ChatRSD(max_tokens=200)
+
+
+# ---------------------------------------------------------------- LangChain
+
+
+def test_langchain_agent_calls_the_tool_and_answers_with_its_result(llm):
+    from langchain.agents import create_agent
+
+    calls: list = []
+    rec = Recorder()
+    agent = create_agent(llm, tools=[make_square(calls)], middleware=[call_a_tool_first()])
+    state = agent.invoke({"messages": [("user", QUESTION)]}, config={"callbacks": [rec]})
+    assert calls == [12]
+    kinds = [type(m).__name__ for m in state["messages"]]
+    assert kinds == ["HumanMessage", "AIMessage", "ToolMessage", "AIMessage"]
+    assert state["messages"][1].tool_calls[0]["args"] == {"x": 12}
+    assert state["messages"][-1].content == "The answer is \\boxed{144}."
+    # Both model turns reported their steps; the draft's tool-call attempt was rejected, the target wrote it.
+    assert rec.steps and rec.targets
+    call_step = next(s for s in rec.steps if s["accepted"] and '"x": 12' in s["text"])  # the forced call's arguments
+    assert call_step["source"] == "target"
+
+
+async def test_langgraph_agent_streams_step_events_and_tool_runs(llm):
+    from langchain.agents import create_agent
+
+    calls: list = []
+    agent = create_agent(llm, tools=[make_square(calls)], middleware=[call_a_tool_first()])
+    names = []
+    async for ev in agent.astream_events({"messages": [("user", QUESTION)]}, version="v2"):
+        names.append(ev["name"] if ev["event"] == "on_custom_event" else ev["event"])
+    assert calls == [12]
+    assert "rsd_step" in names and "rsd_target_invocation" in names and "on_tool_end" in names
+    # The first model turn's step events come before the tool runs, the answer's after it.
+    tool_at = names.index("on_tool_end")
+    assert "rsd_step" in names[:tool_at] and "rsd_step" in names[tool_at:]
+
+
+@pytest.mark.parametrize("choice", ["magic_function", "get_weather", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_choice_by_name_forces_that_tool(llm, choice):
+    msg = llm.bind_tools([magic_function, get_weather], tool_choice=choice).invoke("Hello!")
+    name = choice if isinstance(choice, str) else choice["function"]["name"]
+    assert [c["name"] for c in msg.tool_calls] == [name] and not msg.invalid_tool_calls
+    assert msg.content == ""
+
+
+@pytest.mark.parametrize("choice", ["any", "required", True])
+def test_tool_choice_any_forces_a_call(llm, choice):
+    # With one tool bound the call is to that tool; with several, the model writes the name (the toy may
+    # misspell one it never saw, and the caller gets the call as written).
+    one = llm.bind_tools([get_weather], tool_choice=choice).invoke("Hello!")
+    assert [c["name"] for c in one.tool_calls] == ["get_weather"] and list(one.tool_calls[0]["args"]) == ["location"]
+    two = llm.bind_tools([magic_function, get_weather], tool_choice=choice).invoke("Hello!")
+    assert len(two.tool_calls) == 1 and not two.invalid_tool_calls and two.content == ""
+
+
+def test_tool_choice_none_offers_no_tools(llm):
+    q = "What is the value of magic_function(3)? Use the tool."
+    plain = llm.invoke(q)
+    none = llm.bind_tools([magic_function], tool_choice="none").invoke(q)
+    auto = llm.bind_tools([magic_function]).invoke(q)
+    assert none.content == plain.content and not none.tool_calls  # tools not offered, output not parsed
+    assert auto.tool_calls or auto.invalid_tool_calls  # offered, the model reaches for a tool by itself
+    forced = llm.bind_tools([magic_function], tool_choice="any").invoke(q)
+    assert forced.tool_calls[0]["name"] == "magic_function" and forced.tool_calls[0]["args"] == {"input": 3}
+
+
+def test_tool_choice_errors_name_the_problem(llm):
+    with pytest.raises(ValueError, match="not among the tools"):
+        llm.bind_tools([magic_function], tool_choice="nope")
+    with pytest.raises(ValueError, match="no tools are bound"):
+        llm.invoke("Hello!", tool_choice="any")
+
+
+def test_forced_call_streams_as_tool_call_chunks_only(llm):
+    chunks = list(llm.bind_tools([magic_function], tool_choice="any").stream("What is the value of magic_function(3)?"))
+    full = chunks[0]
+    for c in chunks[1:]:
+        full = full + c
+    assert full.content == "" and all("<tool_call>" not in c.content for c in chunks)
+    assert full.tool_calls[0]["name"] == "magic_function" and isinstance(full.tool_calls[0]["args"]["input"], int)
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+def test_structured_output_fills_the_schema(llm, method):
+    out = llm.with_structured_output(Joke, method=method).invoke("Tell me a joke about dogs.")
+    assert isinstance(out, Joke) and out.setup and out.punchline
+    raw = llm.with_structured_output(Joke.model_json_schema() | {"title": "Joke", "description": "Joke to tell user."},
+                                     include_raw=True).invoke("Tell me a joke about dogs.")
+    assert isinstance(raw["raw"], AIMessage) and raw["parsing_error"] is None and set(raw["parsed"]) >= {"setup"}
+
+
+def test_tool_result_turn_is_answered(llm):
+    first = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("What is the weather in Oslo?")
+    call = first.tool_calls[0]
+    assert call["name"] == "get_weather" and list(call["args"]) == ["location"] and call["args"]["location"]
+    answer = llm.bind_tools([get_weather]).invoke(
+        ["What is the weather in Oslo?", first, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])])
+    assert "sunny" in answer.content and not answer.tool_calls
+
+
+# ---------------------------------------------------------------- LlamaIndex
+
+
+def li_square(calls: list):
+    from llama_index.core.tools import FunctionTool
+
+    def square(x: int) -> int:
+        """Square a number."""
+        calls.append(x)
+        return x * x
+
+    return FunctionTool.from_defaults(square)
+
+
+class _Events:
+    def __init__(self):
+        from llama_index.core.instrumentation import get_dispatcher
+        from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+
+        sink = self.events = []
+
+        class Handler(BaseEventHandler):
+            @classmethod
+            def class_name(cls) -> str:
+                return "AgentEvents"
+
+            def handle(self, event, **kwargs) -> None:
+                sink.append(event)
+
+        self.handler = Handler()
+        self.dispatcher = get_dispatcher()
+        self.dispatcher.add_event_handler(self.handler)
+
+    def close(self):
+        self.dispatcher.event_handlers.remove(self.handler)
+
+
+@pytest.fixture
+def li_events():
+    ev = _Events()
+    yield ev.events
+    ev.close()
+
+
+async def test_llama_index_function_agent_calls_the_tool(li_events):
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    from rsd_integrations.llama_index import RSDLLM, RSDStepEvent, RSDTargetInvocationEvent
+
+    calls: list = []
+    agent = FunctionAgent(tools=[li_square(calls)], llm=RSDLLM(max_tokens=200), initial_tool_choice="square")
+    response = await agent.run(QUESTION)
+    assert calls == [12]
+    assert str(response) == "The answer is \\boxed{144}."
+    steps = [e for e in li_events if isinstance(e, RSDStepEvent)]
+    assert steps and any(isinstance(e, RSDTargetInvocationEvent) for e in li_events)
+    assert all(e.span_id for e in steps)
+    assert any(e.source == "target" and e.accepted and '"x": 12' in e.text for e in steps)
+
+
+def test_llama_index_tool_required_forces_a_call_and_predict_and_call_runs_it():
+    from rsd_integrations.llama_index import RSDLLM
+
+    llm = RSDLLM(max_tokens=200)
+    calls: list = []
+    tool_ = li_square(calls)
+    resp = llm.chat_with_tools([tool_], user_msg="Hello!", tool_required=True)
+    selections = llm.get_tool_calls_from_response(resp)
+    assert [s.tool_name for s in selections] == ["square"] and set(selections[0].tool_kwargs) == {"x"}
+    out = llm.predict_and_call([tool_], user_msg=QUESTION, tool_required=True)
+    assert calls == [12] and str(out) == "144"
