@@ -66,3 +66,22 @@ def test_cli_generate_json_and_stdin():
     assert "\\boxed{52}" in res["text"] and res["steps"] and "stats" in res
     bad = _rsd("generate", "x", "--threshold", "3")
     assert bad.returncode == 2 and "threshold" in bad.stderr
+
+
+@pytest.mark.slow
+def test_training_recipe_runs_every_stage_and_saves_loadable_models(tmp_path):
+    """The whole recipe (arithmetic, tool use, ReAct, PRM, draft) at a tiny scale: every stage runs and
+    the saved trio loads and decodes through the ordinary path, tools included."""
+    from rsd_core import RewardGuidedDecoder, RSDConfig
+    from rsd_core.toy.train import train_trio
+
+    logs: list[str] = []
+    info = train_trio(tmp_path, scale=0.002, log=logs.append)
+    assert set(info["trained"]) == {"target", "draft", "prm"}
+    assert any("tool use with ReAct" in line for line in logs) and any("tool use" in line for line in logs)
+    dec = RewardGuidedDecoder.from_pretrained(str(tmp_path / "draft"), str(tmp_path / "target"),
+                                              str(tmp_path / "prm"), config=RSDConfig(max_new_tokens=8))
+    tools = [{"type": "function", "function": {"name": "square", "parameters": {"type": "object", "properties": {}}}}]
+    res = dec.generate([[{"role": "user", "content": "What is the value of square(3)?"}]], tools=tools,
+                       reply_prefix='<tool_call>{"name": "square", "arguments": ')[0]
+    assert res.text.startswith('<tool_call>{"name": "square"') and res.num_output_tokens <= 8

@@ -102,19 +102,21 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
+def _problem_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
+    """One chat-formatted word problem as (input ids, labels): loss on the solution only."""
+    p = make_problem(rng)
+    prompt = tok(chat_prompt(tok, p.question), add_special_tokens=False).input_ids
+    answer = tok(p.solution + tok.eos_token, add_special_tokens=False).input_ids
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
 def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log) -> None:
     """Next-token training on the solution part of chat-formatted problems (fresh problems each step)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     for step in range(steps):
-        ids, labels = [], []
-        for _ in range(batch):
-            p = make_problem(rng)
-            prompt = tok(chat_prompt(tok, p.question), add_special_tokens=False).input_ids
-            answer = tok(p.solution + tok.eos_token, add_special_tokens=False).input_ids
-            ids.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-        x, y = _pad(ids, tok.pad_token_id), _pad(labels, -100)
+        rows = [_problem_ids(tok, rng) for _ in range(batch)]
+        x, y = _pad([r[0] for r in rows], tok.pad_token_id), _pad([r[1] for r in rows], -100)
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
         loss = model(input_ids=x, attention_mask=(y != -100) | (x != tok.pad_token_id), labels=y).loss
@@ -157,12 +159,7 @@ def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random, s
     for step in range(steps):
         tool_rows = [_tool_lesson_ids(tok, tool_rng) for _ in range(n_tools)]
         react = [_react_lesson_ids(tok, tool_rng) for _ in range(react_rows)]
-        arith_rows = []
-        for _ in range(batch - n_tools - react_rows):
-            p = make_problem(arith_rng)
-            prompt = tok(chat_prompt(tok, p.question), add_special_tokens=False).input_ids
-            answer = tok(p.solution + tok.eos_token, add_special_tokens=False).input_ids
-            arith_rows.append((prompt + answer, [-100] * len(prompt) + answer))
+        arith_rows = [_problem_ids(tok, arith_rng) for _ in range(batch - n_tools - react_rows)]
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
         loss = torch.zeros(())

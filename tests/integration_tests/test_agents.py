@@ -17,20 +17,11 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
-from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
+from rsd_integrations.langchain import ChatRSD
+
+from .test_langchain_events import Recorder
 
 QUESTION = "What is the value of square(12)? Use the tool."
-
-
-class Recorder(RSDCallbackHandler):
-    def __init__(self):
-        self.steps, self.targets = [], []
-
-    def on_rsd_step(self, step, **kw):
-        self.steps.append(step)
-
-    def on_rsd_target_invocation(self, event, **kw):
-        self.targets.append(event)
 
 
 def make_square(calls: list):
