@@ -186,7 +186,7 @@ def test_tool_call_outputs_fuzzed(text, cuts):
     content, calls, bad = parse_tool_calls(text)
     assert isinstance(content, str)
     for c in calls:
-        assert isinstance(c.name, str) and isinstance(c.args, dict)
+        assert isinstance(c.name, str) and isinstance(c.arguments, dict)
     for b in bad:
         assert b.error
     if calls or bad:
