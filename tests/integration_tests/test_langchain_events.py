@@ -201,7 +201,7 @@ def test_unicode_tool_arguments_arrive_unescaped_in_invoke_and_stream(llm):
 
 
 def test_tool_calls_parsed_from_output_and_streamed_as_chunks(llm):
-    """The parsing path on fixed model output (the toy models never call tools themselves)."""
+    """The parsing path on fixed model output (text before a call, then the call, split across steps)."""
     from rsd_core.events import GenerationStats, RSDResult, StepEvent
     from rsd_integrations.langchain import _ChunkStreamer
 
