@@ -112,21 +112,7 @@ def _problem_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
 
 def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log) -> None:
     """Next-token training on the solution part of chat-formatted problems (fresh problems each step)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    model.train()
-    for step in range(steps):
-        rows = [_problem_ids(tok, rng) for _ in range(batch)]
-        x, y = _pad([r[0] for r in rows], tok.pad_token_id), _pad([r[1] for r in rows], -100)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, steps, lr)
-        loss = model(input_ids=x, attention_mask=(y != -100) | (x != tok.pad_token_id), labels=y).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 200 == 0 or step == steps - 1:
-            log(f"  step {step:5d} loss {loss.item():.4f}")
-    model.eval()
+    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0)
 
 
 def _tool_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -147,11 +133,12 @@ def _react_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
     return prompt + reply, [-100] * len(prompt) + reply
 
 
-def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random, steps: int, batch: int, lr: float,
+def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | None, steps: int, batch: int, lr: float,
                 log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None) -> None:
     """Teach a trained model tool use, on a mix of tool chats and arithmetic (which it keeps).
 
     ``react_rows``: ReActAgent turns per step (from the same tool stream), in place of tool chats.
+    ``tool_share=0`` (no tool stream needed) is plain next-token training on word problems.
     ``checkpoint(step)``, if given, is called every 500 steps (to look at a long run before it ends)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
