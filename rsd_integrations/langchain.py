@@ -371,8 +371,10 @@ class ChatRSD(BaseChatModel):
     # ------------------------------------------------------------------ sync
     def _run_sync(self, messages: list[BaseMessage], stop: list[str] | None,
                   run_manager: CallbackManagerForLLMRun | None, sink: _Sink | None = None,
-                  **kwargs: Any) -> Iterator[Any]:
+                  streamer: _ChunkStreamer | None = None, **kwargs: Any) -> Iterator[Any]:
         dec, req = self._request(messages, stop, **kwargs)
+        if streamer is not None:
+            streamer.begin(req.reply_prefix)
         get_scheduler(dec).submit(req)
         for e in req.events():
             self._emit(e, run_manager, sink)
@@ -393,14 +395,14 @@ class ChatRSD(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, kwargs)
+        streamer = _ChunkStreamer(self, offers_tools(kwargs))
         sink = None
         if run_manager is None:
             # LangChain names the run on the first chunk it sees: learn its id before any event.
             first = ChatGenerationChunk(message=AIMessageChunk(content=""))
             yield first
             sink = _Sink(first.message.id)
-        for e in self._run_sync(messages, stop, run_manager, sink, **kwargs):
+        for e in self._run_sync(messages, stop, run_manager, sink, streamer, **kwargs):
             for chunk in streamer.chunks(e):
                 if run_manager and chunk.text:
                     run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -409,10 +411,12 @@ class ChatRSD(BaseChatModel):
     # ------------------------------------------------------------------ async (never blocks the loop)
     async def _run_async(self, messages: list[BaseMessage], stop: list[str] | None,
                          run_manager: AsyncCallbackManagerForLLMRun | None, sink: _Sink | None = None,
-                         **kwargs: Any) -> AsyncIterator[Any]:
+                         streamer: _ChunkStreamer | None = None, **kwargs: Any) -> AsyncIterator[Any]:
         import asyncio
 
         dec, req = self._request(messages, stop, loop=asyncio.get_running_loop(), **kwargs)
+        if streamer is not None:
+            streamer.begin(req.reply_prefix)
         get_scheduler(dec).submit(req)
         async for e in req.aevents():
             await self._aemit(e, run_manager, sink)
@@ -433,13 +437,13 @@ class ChatRSD(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, kwargs)
+        streamer = _ChunkStreamer(self, offers_tools(kwargs))
         sink = None
         if run_manager is None:
             first = ChatGenerationChunk(message=AIMessageChunk(content=""))
             yield first
             sink = _Sink(first.message.id)
-        async for e in self._run_async(messages, stop, run_manager, sink, **kwargs):
+        async for e in self._run_async(messages, stop, run_manager, sink, streamer, **kwargs):
             for chunk in streamer.chunks(e):
                 if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -512,13 +516,15 @@ class ChatRSD(BaseChatModel):
 class _ChunkStreamer:
     """Turns RSD events into chat chunks: the text of each accepted step, token by token."""
 
-    def __init__(self, llm: ChatRSD, kwargs: dict[str, Any]):
-        self.llm, self.tools = llm, offers_tools(kwargs)
-        self.filter = ToolCallStreamFilter() if self.tools else None
-        if self.filter is not None:  # a forced tool call's opening is part of the reply, not shown as content
-            _, prefix = tool_choice_request(llm.get_decoder(), kwargs.get("tools"), kwargs.get("tool_choice"))
-            self.filter.feed(prefix)
+    def __init__(self, llm: ChatRSD, tools: bool):
+        self.llm, self.tools = llm, tools
+        self.filter = ToolCallStreamFilter() if tools else None
         self._tok = None
+
+    def begin(self, reply_prefix: str) -> None:
+        """The request's forced reply start (an opened tool call): part of the reply, never shown as content."""
+        if self.filter is not None:
+            self.filter.feed(reply_prefix)
 
     def _tokenizer(self, source: str) -> Any:
         dec = self.llm.get_decoder()

@@ -188,10 +188,9 @@ def test_unicode_tool_arguments_arrive_unescaped_in_invoke_and_stream(llm):
     ids = tok(call, add_special_tokens=False).input_ids
     step = StepEvent(0, 0, call, len(ids), "target", 0.9, None, True, token_ids=ids)
     res = RSDResult(0, call, [step], GenerationStats(), "eos", 5, len(ids))
-    tools = [{"type": "function", "function": {"name": "unicode_customer", "parameters": {}}}]
     msg = llm._message(res, tools=True)
     assert msg.tool_calls[0]["args"] == {"customer_name": "你好啊集团", "description": "こんにちは"}
-    streamer = _ChunkStreamer(llm, {"tools": tools})
+    streamer = _ChunkStreamer(llm, tools=True)
     chunks = [c.message for e in (step, res) for c in streamer.chunks(e)]
     full = chunks[0]
     for c in chunks[1:]:
@@ -214,7 +213,7 @@ def test_tool_calls_parsed_from_output_and_streamed_as_chunks(llm):
     msg = llm._message(res, tools=True)
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.content == "Let me add."
-    streamer = _ChunkStreamer(llm, {"tools": [{"type": "function", "function": {"name": "add", "parameters": {}}}]})
+    streamer = _ChunkStreamer(llm, tools=True)
     chunks = [c.message for e in [*steps, res] for c in streamer.chunks(e)]
     full = chunks[0]
     for c in chunks[1:]:
