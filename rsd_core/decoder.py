@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
+from rsd_core.constraints import Grammar
 from rsd_core.errors import InvalidPromptError, ModelRunError, RSDError
 from rsd_core.events import (
     FinishReason,
@@ -218,18 +219,27 @@ class RewardGuidedDecoder:
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
         reply_prefix: str = "",
+        grammar: Grammar | None = None,
     ) -> list[RSDResult]:
         """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt.
 
         ``reply_prefix``: text every reply is forced to start with (``tool_choice`` opens a tool call
         this way). The models read it as part of the prompt, the PRM scores it with the first step,
         and each result's ``text`` starts with it; its tokens are not counted as generated.
+
+        ``grammar``: a ``rsd_core.constraints.Grammar`` every reply (``reply_prefix`` included) must
+        follow; draft and target alike write only tokens it allows, and end when it is complete
+        (e.g. ``Grammar.tool_calls(tools)``: one call whose arguments fit the tool's schema).
+        Local (transformers) models apply it; models behind vLLM servers ignore it.
         """
-        return self._run(prompts, config or self.config, list(callbacks), tools, stop, reply_prefix=reply_prefix)
+        if grammar is not None and grammar.after(reply_prefix) is None:
+            raise ValueError(f"reply_prefix {reply_prefix!r} does not fit the grammar")
+        return self._run(prompts, config or self.config, list(callbacks), tools, stop, reply_prefix=reply_prefix,
+                         grammar=grammar)
 
     def _run(self, prompts: Sequence[Prompt] | Prompt, cfg: RSDConfig, callbacks: list[Any],
              tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False,
-             reply_prefix: str = "") -> list[RSDResult]:
+             reply_prefix: str = "", grammar: Grammar | None = None) -> list[RSDResult]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]  # a single prompt
         if not prompts:
@@ -243,7 +253,7 @@ class RewardGuidedDecoder:
         if self.reward is None and (mode == "rsd" or score_all):
             raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
         with self._lock:
-            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix)
+            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix, grammar)
             if self.concurrency is None:
                 return run.execute(list(prompts))  # type: ignore[arg-type]
             return run.execute_each(list(prompts), self.concurrency)  # type: ignore[arg-type]
@@ -254,9 +264,9 @@ class _Run:
 
     def __init__(self, dec: RewardGuidedDecoder, cfg: RSDConfig, weighting: Weighting, mode: Mode,
                  callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool,
-                 reply_prefix: str = ""):
+                 reply_prefix: str = "", grammar: Grammar | None = None):
         self.dec, self.cfg, self.weighting, self.mode = dec, cfg, weighting, mode
-        self.reply_prefix = reply_prefix
+        self.reply_prefix, self.grammar = reply_prefix, grammar
         self.draft, self.target = dec.draft, dec.target
         self.reward: RewardModel = dec.reward  # type: ignore[assignment]  # not None whenever uses_reward
         self.callbacks, self.tools, self.stop, self.score_all = callbacks, tools, stop, score_all
@@ -306,7 +316,7 @@ class _Run:
 
     def _one(self, prompt: Prompt, index: int) -> RSDResult:
         run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all,
-                   self.reply_prefix)
+                   self.reply_prefix, self.grammar)
         run.rng = random.Random(None if self.cfg.seed is None else self.cfg.seed + index)
         run.t0 = self.t0
         return run.execute([prompt], [index])[0]
@@ -315,7 +325,7 @@ class _Run:
         # 1. the draft proposes the next step of every sequence
         t = time.perf_counter()
         proposals = self._model("draft", self.draft.generate_step, [s.id for s in seqs],
-                                [self._budget(s, self.draft) for s in seqs])
+                                [self._budget(s, self.draft) for s in seqs], **self._constraints(seqs))
         draft_s = time.perf_counter() - t
         # 2. the PRM scores each proposal in context
         rewards: list[Any] = [None] * len(seqs)
@@ -355,7 +365,7 @@ class _Run:
         lags = [s.target_lag for s in seqs]
         t = time.perf_counter()
         steps = self._model("target", self.target.generate_step, [s.id for s in seqs],
-                            [self._budget(s, self.target) for s in seqs])
+                            [self._budget(s, self.target) for s in seqs], **self._constraints(seqs))
         target_s = time.perf_counter() - t
         rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
@@ -379,11 +389,11 @@ class _Run:
             dispatch(self.callbacks, "on_step", event)
 
     # ------------------------------------------------------------------ bookkeeping
-    def _model(self, role: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _model(self, role: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A model call; its failure becomes a ``ModelRunError`` naming the model (the run then releases
         its sequences, so the decoder stays usable)."""
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except RSDError:
             raise
         except Exception as e:
@@ -419,6 +429,12 @@ class _Run:
                 self.reward.start(s.id, conv)
             seqs.append(s)
         return seqs
+
+    def _constraints(self, seqs: list[_Seq]) -> dict[str, Any]:
+        """``generate_step``'s keyword for the grammar: where each reply stands in it (None: left it)."""
+        if self.grammar is None:
+            return {}
+        return {"constraints": [self.grammar.after(s.text) for s in seqs]}
 
     def _budget(self, s: _Seq, model: Generator) -> int:
         room = model.context_length - model.num_tokens(s.id)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rsd_core.config import RSDConfig
+from rsd_core.constraints import Grammar, UnsupportedSchema
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult
@@ -64,22 +65,32 @@ def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
 
 
 def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | None,
-                        tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str]:
-    """The tools to offer and the forced reply start that make ``tool_choice`` hold on this model.
+                        tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str, Grammar | None]:
+    """The tools to offer, and the forced reply start and grammar that make ``tool_choice`` hold.
 
-    ``"none"`` offers no tools; ``"any"``/``"required"``/a name force the reply to open a tool call
-    (in the target's own call format), so the model can only write the arguments.
+    ``"none"`` offers no tools; ``"any"``/``"required"``/a name force the reply to be one tool call
+    (in the target's own call format): the call's keys and brackets are written for the model, which
+    writes the name and each argument's value, held to the tool's schema. A schema the grammar cannot
+    express (``rsd_core.constraints``) leaves the arguments free after the opened call.
     """
     if not tools or tool_choice == "none":
         if tool_choice not in (None, "auto", "none", False):
             raise ValueError(f"tool_choice={tool_choice!r} but no tools are bound")
-        return None, ""
-    return tools, forced_reply(tool_names(tools), tool_choice, call_opening(dec.target.tokenizer))
+        return None, "", None
+    opening = call_opening(dec.target.tokenizer)
+    prefix = forced_reply(tool_names(tools), tool_choice, opening)
+    if not prefix:
+        return tools, "", None
+    called = [t for t in tools if prefix.startswith(forced_reply(tool_names([t]), "any", opening))] or tools
+    try:
+        return tools, prefix, Grammar.tool_calls(called, opening)
+    except UnsupportedSchema:
+        return tools, prefix, None
 
 
-def offers_tools(kwargs: dict[str, Any]) -> bool:
-    """Whether a call offers tools (so ``<tool_call>`` output is parsed into calls): not with ``"none"``."""
-    return bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+def offered_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools a call offers (so ``<tool_call>`` output is parsed into calls): none with ``"none"``."""
+    return (kwargs.get("tools") or None) if kwargs.get("tool_choice") != "none" else None
 
 
 _END = object()
@@ -95,6 +106,7 @@ class Request:
     stop: list[str] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     reply_prefix: str = ""  # forced start of the reply (tool_choice)
+    grammar: Grammar | None = None  # what the whole reply must follow (a forced call's schema)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -102,8 +114,8 @@ class Request:
         self._aq: asyncio.Queue[Any] | None = asyncio.Queue() if self.loop else None
 
     def group_key(self) -> str:
-        return json.dumps([self.config.model_dump(), self.tools, self.stop, self.reply_prefix], sort_keys=True,
-                          default=str)
+        return json.dumps([self.config.model_dump(), self.tools, self.stop, self.reply_prefix, repr(self.grammar)],
+                          sort_keys=True, default=str)
 
     def put(self, item: Any) -> None:
         if self.loop is not None:
@@ -179,7 +191,8 @@ class BatchScheduler:
         head = reqs[0]
         try:
             self.decoder.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
-                                  tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix)
+                                  tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix,
+                                  grammar=head.grammar)
         except _AllCancelled:
             pass
         except (InvalidPromptError, PromptTooLongError) as e:

@@ -86,8 +86,13 @@ def call_opening(tokenizer: Any) -> str:
     return TOOL_OPEN + "\n" if newline_after else TOOL_OPEN
 
 
-def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
-    """Split model output into (content, tool calls, invalid calls). Never raises on bad output."""
+def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None
+                     ) -> tuple[str, list[ToolCall], list[InvalidToolCall]]:
+    """Split model output into (content, tool calls, invalid calls). Never raises on bad output.
+
+    With the offered ``tools``, an argument that is ``null`` and not required is dropped, so the tool
+    sees its default (a forced call writes every parameter, ``null`` for one it leaves unset).
+    """
     calls: list[ToolCall] = []
     bad: list[InvalidToolCall] = []
     for m in _BLOCK.finditer(text):
@@ -111,9 +116,18 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], list[InvalidToolCa
         if not isinstance(args, dict):
             bad.append(InvalidToolCall(raw, f"arguments must be an object, got {type(args).__name__}", obj["name"]))
             continue
-        calls.append(ToolCall(obj["name"], args))
+        calls.append(ToolCall(obj["name"], _without_unset(args, obj["name"], tools)))
     content = _BLOCK.sub("", text).strip() if (calls or bad) else text
     return content, calls, bad
+
+
+def _without_unset(args: dict[str, Any], name: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    for t in tools or []:
+        fn = t.get("function", t)
+        if fn.get("name") == name:
+            required = set((fn.get("parameters") or {}).get("required") or [])
+            return {k: v for k, v in args.items() if v is not None or k in required}
+    return args
 
 
 class ToolCallStreamFilter:

@@ -52,7 +52,7 @@ from rsd_core.config import RSDConfig, SamplingConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offers_tools, tool_choice_request
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offered_tools, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
@@ -260,13 +260,14 @@ class ChatRSD(BaseChatModel):
             raise ValueError(f"this ChatRSD serves {self.model_id!r}, not {kw['model']!r}; make another ChatRSD")
         chat = to_chat_dicts(messages)
         dec = self.get_decoder()
-        tools, prefix = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
+        tools, prefix, grammar = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
         stops = stop if stop is not None else self.stop
-        return dec, Request(chat, self._rsd_config(dec, **kw), tools, stops or None, loop, reply_prefix=prefix)
+        return dec, Request(chat, self._rsd_config(dec, **kw), tools, stops or None, loop, reply_prefix=prefix,
+                      grammar=grammar)
 
     # ------------------------------------------------------------------ results as messages
-    def _message(self, res: RSDResult, tools: bool) -> AIMessage:
-        content, calls, bad = parse_tool_calls(res.text) if tools else (res.text, [], [])
+    def _message(self, res: RSDResult, tools: list[dict[str, Any]] | None) -> AIMessage:
+        content, calls, bad = parse_tool_calls(res.text, tools) if tools else (res.text, [], [])
         return AIMessage(
             content=content,
             tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in calls],
@@ -391,11 +392,11 @@ class ChatRSD(BaseChatModel):
             return [e for e in self._run_sync(messages, stop, run_manager, **kwargs)][-1]
 
         res = self._with_retries(once)
-        return ChatResult(generations=[ChatGeneration(message=self._message(res, offers_tools(kwargs)))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(res, offered_tools(kwargs)))])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, offers_tools(kwargs))
+        streamer = _ChunkStreamer(self, offered_tools(kwargs))
         sink = None
         if run_manager is None:
             # LangChain names the run on the first chunk it sees: learn its id before any event.
@@ -432,12 +433,12 @@ class ChatRSD(BaseChatModel):
         async for e in self._run_async(messages, stop, run_manager, **kwargs):
             res = e
         assert isinstance(res, RSDResult)
-        return ChatResult(generations=[ChatGeneration(message=self._message(res, offers_tools(kwargs)))])
+        return ChatResult(generations=[ChatGeneration(message=self._message(res, offered_tools(kwargs)))])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        streamer = _ChunkStreamer(self, offers_tools(kwargs))
+        streamer = _ChunkStreamer(self, offered_tools(kwargs))
         sink = None
         if run_manager is None:
             first = ChatGenerationChunk(message=AIMessageChunk(content=""))
@@ -516,7 +517,7 @@ class ChatRSD(BaseChatModel):
 class _ChunkStreamer:
     """Turns RSD events into chat chunks: the text of each accepted step, token by token."""
 
-    def __init__(self, llm: ChatRSD, tools: bool):
+    def __init__(self, llm: ChatRSD, tools: list[dict[str, Any]] | None):
         self.llm, self.tools = llm, tools
         self.filter = ToolCallStreamFilter() if tools else None
         self._tok = None

@@ -40,7 +40,7 @@ from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offers_tools, tool_choice_request
+from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offered_tools, tool_choice_request
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 dispatcher = get_dispatcher(__name__)
@@ -173,17 +173,18 @@ class RSDLLM(FunctionCallingLLM):
             "max_step_tokens": self.max_step_tokens, "draft_sampling": s, "target_sampling": s,
             "seed": kw.get("seed", self.seed)})
 
-    def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, bool]:
+    def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
         chat = to_chat_dicts(messages)
         offered = kw.get("tools") or None
-        tools, prefix = tool_choice_request(self.get_decoder(), offered, kw.get("tool_choice"))
-        req = Request(chat, self._config(**kw), tools, kw.get("stop", self.stop) or None, loop, reply_prefix=prefix)
+        tools, prefix, grammar = tool_choice_request(self.get_decoder(), offered, kw.get("tool_choice"))
+        req = Request(chat, self._config(**kw), tools, kw.get("stop", self.stop) or None, loop, reply_prefix=prefix,
+                      grammar=grammar)
         get_scheduler(self.get_decoder()).submit(req)
-        return req, offers_tools(kw)
+        return req, offered_tools(kw)
 
     # ------------------------------------------------------------------ results
-    def _response(self, res: RSDResult, tools: bool) -> ChatResponse:
-        content, calls, bad = parse_tool_calls(res.text) if tools else (res.text, [], [])
+    def _response(self, res: RSDResult, tools: list[dict[str, Any]] | None) -> ChatResponse:
+        content, calls, bad = parse_tool_calls(res.text, tools) if tools else (res.text, [], [])
         extra: dict[str, Any] = {"rsd": res.stats.to_dict(), "finish_reason": res.finish_reason}
         if calls:
             extra["tool_calls"] = [c.to_dict() for c in calls]
@@ -215,7 +216,7 @@ class RSDLLM(FunctionCallingLLM):
         req, tools = self._request(messages, **kwargs)
         return self._stream_from(req.events(), span_id, tools, req.reply_prefix)
 
-    def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: bool,
+    def _stream_from(self, events: Iterator[Any], span_id: str | None, tools: list[dict[str, Any]] | None,
                      prefix: str = "") -> ChatResponseGen:
         deltas = _Deltas(self, span_id, tools, prefix)
         for e in events:
@@ -309,7 +310,7 @@ class _Deltas:
     """Turns RSD events into streamed chat responses (the text of each accepted step), reporting each
     event to LlamaIndex instrumentation on the way."""
 
-    def __init__(self, llm: RSDLLM, span_id: str | None, tools: bool, prefix: str = ""):
+    def __init__(self, llm: RSDLLM, span_id: str | None, tools: list[dict[str, Any]] | None, prefix: str = ""):
         self.llm, self.span_id, self.tools = llm, span_id, tools
         self.text, self.filter = "", ToolCallStreamFilter() if tools else None
         if self.filter is not None:

@@ -8,10 +8,13 @@ step (``generate_step``) or takes back the newest tokens (``rollback``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
+
+if TYPE_CHECKING:
+    from rsd_core.constraints import Cursor
 
 Prompt = str | list[dict[str, Any]]
 
@@ -51,7 +54,12 @@ class Generator(Protocol):
         """Append tokens written elsewhere; they are read lazily, with the next call that needs them."""
         ...
 
-    def generate_step(self, seqs: list[int], budgets: list[int]) -> list[Step]: ...
+    def generate_step(self, seqs: list[int], budgets: list[int],
+                      constraints: list[Cursor | None] | None = None) -> list[Step]:
+        """One step of each sequence, at most ``budgets`` tokens. ``constraints``: where each sequence
+        stands in the run's grammar (``rsd_core.constraints``; None: unconstrained); a generator that
+        cannot apply one writes unconstrained."""
+        ...
 
     def rollback(self, seqs: list[int], n_tokens: list[int]) -> None:
         """Forget the newest ``n`` tokens of each sequence (their cache entries too)."""

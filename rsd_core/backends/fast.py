@@ -215,8 +215,12 @@ class FastCachedModel:
     @torch.inference_mode()
     def run(self, seqs: list[int], *, budgets: list[int] | None = None, sampling: SamplingConfig | None = None,
             generator: torch.Generator | None = None, boundary: Any = None, sync_every: int = 8,
-            all_positions: bool = False, vocab_limit: int | None = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
-        """As ``CachedModel.run``: read the pending tokens of ``seqs``, then decode until each step ends."""
+            all_positions: bool = False, vocab_limit: int | None = None,
+            constrained: Any = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+        """As ``CachedModel.run``: read the pending tokens of ``seqs``, then decode until each step ends.
+
+        Rows under a grammar (``constrained``) pick their tokens on the host, so those steps run eagerly.
+        """
         states = [self.states[s] for s in seqs]
         chunks = [s.ids[s.n_cached:] for s in states]
         if any(not c for c in chunks):
@@ -264,9 +268,15 @@ class FastCachedModel:
         limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
         greedy = sampling is None or sampling.greedy
 
+        if constrained is not None:  # its rows index ``seqs``: here they are the sequences' slots
+            constrained.rows = {states[i].slot: c for i, c in constrained.rows.items()}
+
         def pick(lg: torch.Tensor) -> torch.Tensor:
             lg = lg[:, :limit]
-            return lg.argmax(-1) if greedy else sample_next(lg, sampling, generator)
+            tok = lg.argmax(-1) if greedy else sample_next(lg, sampling, generator)
+            if constrained is not None and constrained.rows:
+                tok = constrained.pick(lg, tok, (~d["done"]).tolist(), sampling, generator)
+            return tok
 
         self._record(pick(logits), boundary)
         dec_col0 = self.col
@@ -275,7 +285,7 @@ class FastCachedModel:
             if t % sync_every == 0 and bool(d["done"].all()):
                 break
             L = self._view(self.col + 1)
-            if greedy:
+            if greedy and constrained is None:
                 self._replay(("step", L, limit, id(boundary)), lambda: self._step_body(L, pick, boundary))
             else:  # sampling draws from a host-seeded generator: run the same step eagerly
                 self._step_body(L, pick, boundary)

@@ -28,6 +28,7 @@ from rsd_core.accounting import FlopCounter
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.fast import FastCachedModel, drop_tail, fast_path_supported
 from rsd_core.config import SamplingConfig
+from rsd_core.constraints import ConstrainedRows, Cursor
 from rsd_core.errors import ModelLoadError, PromptTooLongError
 from rsd_core.events import ModelUsage
 from rsd_core.messages import with_tools_in_system_turn
@@ -61,14 +62,23 @@ def load_pretrained(
     """Model and tokenizer exactly as transformers loads them (hub id or local path), with a clear error.
 
     A local path is checked first and never looked up on the hub (a typo must not turn into a download).
+    A local ``.gguf`` file loads as transformers loads GGUF (``gguf_file=``; needs the ``gguf`` package):
+    the weights are de-quantized, the tokenizer and chat template come from the file. A hub GGUF
+    repository loads the same way with ``gguf_file="name.gguf"`` passed through.
     """
     local = Path(name_or_path)
     if local.exists():
-        check_local_checkpoint(local)
+        if local.is_file() and local.suffix == ".gguf":
+            name_or_path, kwargs["gguf_file"] = str(local.parent), local.name
+        else:
+            check_local_checkpoint(local)
         kwargs.setdefault("local_files_only", True)
+    if kwargs.get("gguf_file"):
+        require_gguf(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                            local_files_only=kwargs.get("local_files_only", False))
+                                            local_files_only=kwargs.get("local_files_only", False),
+                                            gguf_file=kwargs.get("gguf_file"))
         model = auto_cls.from_pretrained(
             name_or_path,
             device_map=device_map,
@@ -84,10 +94,19 @@ def load_pretrained(
     return model, tok
 
 
+def require_gguf(name: str) -> None:
+    """transformers reads GGUF through the ``gguf`` package: say so before it fails deep inside."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{name!r} is a GGUF checkpoint: install the 'gguf' package to load it (pip install gguf)")
+
+
 def check_local_checkpoint(path: Path) -> None:
     """A folder holding a readable ``config.json``, or ``ModelLoadError`` saying what is wrong."""
     if not path.is_dir():
-        raise ModelLoadError(f"{str(path)!r} is a file; a checkpoint is a folder with config.json and weights")
+        raise ModelLoadError(f"{str(path)!r} is a file; a checkpoint is a folder with config.json and weights, "
+                             "or a .gguf file")
     cfg = path / "config.json"
     if not cfg.is_file():
         raise ModelLoadError(f"{str(path)!r} has no config.json: it is not a transformers checkpoint")
@@ -227,8 +246,10 @@ class CachedModel:
         sync_every: int = 1,
         all_positions: bool = False,
         vocab_limit: int | None = None,
+        constrained: ConstrainedRows | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Read every sequence's pending tokens, then (with ``budgets``) sample until each step ends.
+        ``constrained`` picks the tokens of the rows (indices into ``seqs``) that follow a grammar.
 
         Returns (logits, generated tokens per row, ended-at-eos per row). Logits are those after the
         last pending token ([B, V]), or at every pending position ([B, N, V], left-padded) when
@@ -267,7 +288,7 @@ class CachedModel:
         if budgets:
             assert sampling is not None and boundary is not None
             gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, generator, boundary,
-                                           sync_every, vocab_limit or logits.shape[-1])
+                                           sync_every, vocab_limit or logits.shape[-1], constrained)
             n_gen_list = n_gen.tolist()
             gen_rows = gen.tolist()
             eos_flags = eos.tolist()
@@ -309,7 +330,8 @@ class CachedModel:
             data.append((k, v))
         return DynamicCache(ddp_cache_data=data)
 
-    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every, limit):
+    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every, limit,
+                constrained=None):
         dev = logits.device
         B, max_budget = logits.shape[0], max(budgets)
         budget_t = torch.tensor(budgets, device=dev)
@@ -320,6 +342,8 @@ class CachedModel:
         prev = torch.full((B,), boundary.none, dtype=torch.long, device=dev)
         for t in range(max_budget):
             tok = sample_next(logits[:, :limit], sampling, generator)  # ids past the tokenizer are padding
+            if constrained is not None and constrained.rows:  # a host sync per token, only for these rows
+                tok = constrained.pick(logits[:, :limit], tok, (~done).tolist(), sampling, generator)
             active = ~done
             gen[:, t] = tok
             n_gen += active
@@ -452,13 +476,16 @@ class HFGenerator:
         for s, ids in zip(seqs, token_ids):
             self.cached.append(s, ids)
 
-    def generate_step(self, seqs: list[int], budgets: list[int]) -> list[Step]:
+    def generate_step(self, seqs: list[int], budgets: list[int],
+                      constraints: list[Cursor | None] | None = None) -> list[Step]:
         if not seqs:
             return []
         budgets = [max(1, min(b, self.context_length - len(self.cached.states[s].ids))) for s, b in zip(seqs, budgets)]
+        rows = {i: c for i, c in enumerate(constraints or []) if c is not None}
         _, gens, eos = self.cached.run(
             seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
             boundary=self.boundary, sync_every=self.sync_every, vocab_limit=len(self.tokenizer),
+            constrained=ConstrainedRows(rows, self.tokenizer, self.eos_ids, len(self.tokenizer)) if rows else None,
         )
         texts = self.tokenizer.batch_decode(gens, skip_special_tokens=True)
         delims = self._delimiters

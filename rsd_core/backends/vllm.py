@@ -286,7 +286,8 @@ class VLLMGenerator:
         return len(self._book.states[seq].ids)
 
     # generation -------------------------------------------------------------
-    def generate_step(self, seqs: list[int], budgets: list[int]) -> list[Step]:
+    def generate_step(self, seqs: list[int], budgets: list[int], constraints: Any = None) -> list[Step]:
+        # ``constraints`` (a grammar for the reply) are not applied: the server writes unconstrained.
         if len(seqs) <= 1:
             return [self._step(s, b) for s, b in zip(seqs, budgets)]
         return list(self._pool.map(self._step, seqs, budgets))  # each sequence its own request

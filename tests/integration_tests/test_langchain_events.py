@@ -178,6 +178,11 @@ def test_tool_messages_round_trip_through_the_template(llm):
     assert '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>' in rendered
 
 
+def _tool(name: str, **params: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": {k: {"type": v} for k, v in params.items()}, "required": list(params)}}}
+
+
 def test_unicode_tool_arguments_arrive_unescaped_in_invoke_and_stream(llm):
     """Fixed model output with CJK arguments: the parsed args and the streamed chunks carry the characters."""
     from rsd_core.events import GenerationStats, RSDResult, StepEvent
@@ -188,9 +193,10 @@ def test_unicode_tool_arguments_arrive_unescaped_in_invoke_and_stream(llm):
     ids = tok(call, add_special_tokens=False).input_ids
     step = StepEvent(0, 0, call, len(ids), "target", 0.9, None, True, token_ids=ids)
     res = RSDResult(0, call, [step], GenerationStats(), "eos", 5, len(ids))
-    msg = llm._message(res, tools=True)
+    tools = [_tool("unicode_customer", customer_name="string", description="string")]
+    msg = llm._message(res, tools=tools)
     assert msg.tool_calls[0]["args"] == {"customer_name": "你好啊集团", "description": "こんにちは"}
-    streamer = _ChunkStreamer(llm, tools=True)
+    streamer = _ChunkStreamer(llm, tools=tools)
     chunks = [c.message for e in (step, res) for c in streamer.chunks(e)]
     full = chunks[0]
     for c in chunks[1:]:
@@ -210,10 +216,10 @@ def test_tool_calls_parsed_from_output_and_streamed_as_chunks(llm):
     steps = [StepEvent(0, i, t, len(tok(t).input_ids), "target", 0.9, None, True,
                        token_ids=tok(t, add_special_tokens=False).input_ids) for i, t in enumerate(texts)]
     res = RSDResult(0, "".join(texts), steps, GenerationStats(), "eos", 5, 20)
-    msg = llm._message(res, tools=True)
+    msg = llm._message(res, tools=[_tool("add", a="integer", b="integer")])
     assert msg.tool_calls[0]["name"] == "add" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
     assert msg.content == "Let me add."
-    streamer = _ChunkStreamer(llm, tools=True)
+    streamer = _ChunkStreamer(llm, tools=[_tool("add", a="integer", b="integer")])
     chunks = [c.message for e in [*steps, res] for c in streamer.chunks(e)]
     full = chunks[0]
     for c in chunks[1:]:

@@ -176,13 +176,18 @@ def test_settings_llm_drop_in(llm):
 def test_tool_calls_read_from_the_response(llm):
     from rsd_core.events import GenerationStats, RSDResult
 
-    res = RSDResult(0, 'ok<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', [], GenerationStats(),
-                    "eos", 3, 9)
-    r = llm._response(res, tools=True)
+    # A forced call writes every parameter: an optional one left null is dropped (the tool's default
+    # applies), a required one that is null is kept (the tool decides).
+    res = RSDResult(0, 'ok<tool_call>{"name": "add", "arguments": {"a": 1, "b": null, "c": null}}</tool_call>', [],
+                    GenerationStats(), "eos", 3, 9)
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}, "c": {"type": "integer"}},
+        "required": ["a", "c"]}}}]
+    r = llm._response(res, tools=tools)
     sel = llm.get_tool_calls_from_response(r)
-    assert sel[0].tool_name == "add" and sel[0].tool_kwargs == {"a": 1} and r.message.content == "ok"
+    assert sel[0].tool_name == "add" and sel[0].tool_kwargs == {"a": 1, "c": None} and r.message.content == "ok"
     with pytest.raises(ValueError, match="tool call"):
-        llm.get_tool_calls_from_response(llm._response(RSDResult(0, "no call", [], GenerationStats(), "eos"), True))
+        llm.get_tool_calls_from_response(llm._response(RSDResult(0, "no call", [], GenerationStats(), "eos"), tools))
 
 
 @pytest.mark.parametrize("messages, match", [

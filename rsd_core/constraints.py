@@ -1,0 +1,436 @@
+"""Replies that must follow a grammar, token by token: forced tool calls whose arguments fit the schema.
+
+A ``Grammar`` is a small nondeterministic automaton over bytes (so it fits every tokenizer) built
+from JSON-schema pieces: literals (keys, quotes, brackets, the call tags) are the only bytes
+allowed where they stand, and values are the model's own, held to their type (a string's content,
+an integer's digits, one of an enum's options). While a sequence is constrained, each new token is
+the model's most likely one (or one sampled among its most likely) that the automaton accepts; once
+the grammar is complete, only end-of-sequence is.
+
+Example:
+    >>> g = Grammar.tool_calls([{"name": "square", "parameters": {
+    ...     "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}])
+    >>> c = g.cursor()
+    >>> c = c.feed('<tool_call>{"name": "square", "arguments": {"x": 1'.encode())
+    >>> c is not None and not c.accepting
+    True
+    >>> c.feed(b'2}}</tool_call>').accepting, c.feed(b'"') is None
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from rsd_core.sampling import sample_next
+
+QUOTE, BACKSLASH = 0x22, 0x5C
+MAX_STRING_BYTES = 512
+MAX_DIGITS = 24
+MAX_ITEMS = 64
+
+
+class UnsupportedSchema(ValueError):
+    """A schema this grammar cannot express (then the call is left unconstrained)."""
+
+
+# --------------------------------------------------------------------------- grammar nodes
+# Each node is immutable; a state is a hashable value; ``step`` gives the states after one byte.
+
+
+class Node:
+    def first(self) -> list[Any]:
+        raise NotImplementedError
+
+    def step(self, state: Any, b: int) -> list[Any]:
+        raise NotImplementedError
+
+    def done(self, state: Any) -> bool:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Literal(Node):
+    text: bytes
+
+    def first(self) -> list[Any]:
+        return [0]
+
+    def step(self, state: int, b: int) -> list[Any]:
+        return [state + 1] if state < len(self.text) and self.text[state] == b else []
+
+    def done(self, state: int) -> bool:
+        return state == len(self.text)
+
+
+@dataclass(frozen=True)
+class String(Node):
+    """A JSON string: no control characters, simple escapes only, at most ``MAX_STRING_BYTES``."""
+
+    def first(self) -> list[Any]:
+        return [("open", 0)]
+
+    def step(self, state: tuple[str, int], b: int) -> list[Any]:
+        phase, n = state
+        if phase == "open":
+            return [("in", 0)] if b == QUOTE else []
+        if phase == "in":
+            if b == QUOTE:
+                return [("closed", n)]
+            if n >= MAX_STRING_BYTES or b < 0x20:
+                return []
+            return [("esc", n + 1)] if b == BACKSLASH else [("in", n + 1)]
+        if phase == "esc":
+            return [("in", n + 1)] if b in b'"\\/bfnrt' else []
+        return []
+
+    def done(self, state: tuple[str, int]) -> bool:
+        return state[0] == "closed"
+
+
+@dataclass(frozen=True)
+class Number(Node):
+    """A JSON number; ``integer`` allows no fraction or exponent."""
+
+    integer: bool = False
+
+    def first(self) -> list[Any]:
+        return [("start", 0)]
+
+    def step(self, state: tuple[str, int], b: int) -> list[Any]:
+        phase, n = state
+        digit = 0x30 <= b <= 0x39
+        # At most MAX_DIGITS bytes, and never a dead end: a sign, "." or "e" only with room for digits after it.
+        if n >= MAX_DIGITS or (not digit and n + 3 > MAX_DIGITS):
+            return []
+        if phase == "start":
+            return [("sign", 0)] if b == 0x2D else [("int", 1)] if digit else []
+        if phase == "sign":
+            return [("int", 1)] if digit else []
+        if phase == "int":
+            if digit:
+                return [("int", n + 1)]
+            if self.integer:
+                return []
+            return [("dot", n + 1)] if b == 0x2E else [("e", n + 1)] if b in b"eE" else []
+        if phase == "dot":
+            return [("frac", n + 1)] if digit else []
+        if phase == "frac":
+            return [("frac", n + 1)] if digit else [("e", n + 1)] if b in b"eE" else []
+        if phase == "e":
+            return [("esign", n + 1)] if b in b"+-" else [("exp", n + 1)] if digit else []
+        if phase in ("esign", "exp"):
+            return [("exp", n + 1)] if digit else []
+        return []
+
+    def done(self, state: tuple[str, int]) -> bool:
+        return state[0] in ("int", "frac", "exp")
+
+
+@dataclass(frozen=True)
+class Choice(Node):
+    options: tuple[Node, ...]
+
+    def first(self) -> list[Any]:
+        return [(k, s) for k, o in enumerate(self.options) for s in o.first()]
+
+    def step(self, state: tuple[int, Any], b: int) -> list[Any]:
+        k, s = state
+        return [(k, s2) for s2 in self.options[k].step(s, b)]
+
+    def done(self, state: tuple[int, Any]) -> bool:
+        return self.options[state[0]].done(state[1])
+
+
+@dataclass(frozen=True)
+class Sequence(Node):
+    parts: tuple[Node, ...]
+
+    def _enter(self, i: int, s: Any) -> list[Any]:
+        """State ``s`` of part ``i``, and, when that part is complete, the next parts' starts."""
+        out = [(i, s)]
+        if self.parts[i].done(s) and i + 1 < len(self.parts):
+            for s2 in self.parts[i + 1].first():
+                out += self._enter(i + 1, s2)
+        return out
+
+    def first(self) -> list[Any]:
+        return [x for s in self.parts[0].first() for x in self._enter(0, s)]
+
+    def step(self, state: tuple[int, Any], b: int) -> list[Any]:
+        i, s = state
+        return [x for s2 in self.parts[i].step(s, b) for x in self._enter(i, s2)]
+
+    def done(self, state: tuple[int, Any]) -> bool:
+        return state[0] == len(self.parts) - 1 and self.parts[-1].done(state[1])
+
+
+@dataclass(frozen=True)
+class Array(Node):
+    """``[item, item, ...]`` with json.dumps' separator."""
+
+    item: Node
+
+    def first(self) -> list[Any]:
+        return [("open", 0, None)]
+
+    def step(self, state: tuple[str, int, Any], b: int) -> list[Any]:
+        phase, n, s = state
+        if phase == "open":
+            return [("empty", 0, None)] if b == ord("[") else []
+        if phase in ("empty", "space"):
+            out = [("item", n + 1, s2) for s0 in self.item.first() for s2 in self.item.step(s0, b)]
+            return out + ([("closed", n, None)] if phase == "empty" and b == ord("]") else [])
+        if phase == "item":
+            out = [("item", n, s2) for s2 in self.item.step(s, b)]
+            if self.item.done(s):
+                if b == ord(",") and n < MAX_ITEMS:
+                    out.append(("comma", n, None))
+                elif b == ord("]"):
+                    out.append(("closed", n, None))
+            return out
+        if phase == "comma":
+            return [("space", n, None)] if b == ord(" ") else []
+        return []
+
+    def done(self, state: tuple[str, int, Any]) -> bool:
+        return state[0] == "closed"
+
+
+# --------------------------------------------------------------------------- JSON schema → nodes
+
+
+def _lit(text: str) -> Literal:
+    return Literal(text.encode())
+
+
+def schema_node(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Node:
+    """The node for values of ``schema`` as json.dumps writes them (``", "`` and ``": "`` separators)."""
+    root = root if root is not None else schema
+    if depth > 8:
+        raise UnsupportedSchema("schema nested too deeply")
+    if not isinstance(schema, dict):
+        raise UnsupportedSchema(f"not a schema: {schema!r}")
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            raise UnsupportedSchema(f"only local $ref is supported, got {ref!r}")
+        target: Any = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, dict) else None
+        if target is None:
+            raise UnsupportedSchema(f"unresolved $ref {ref!r}")
+        return schema_node(target, root, depth + 1)
+    if "const" in schema:
+        return _lit(json.dumps(schema["const"], ensure_ascii=False))
+    if "enum" in schema:
+        return Choice(tuple(_lit(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]))
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return Choice(tuple(schema_node(s, root, depth + 1) for s in schema[key]))
+    kind = schema.get("type")
+    if kind is None and "properties" in schema:
+        kind = "object"
+    if isinstance(kind, list):
+        return Choice(tuple(schema_node({**schema, "type": k}, root, depth + 1) for k in kind))
+    if kind == "string":
+        return String()
+    if kind in ("integer", "number"):
+        return Number(integer=kind == "integer")
+    if kind == "boolean":
+        return Choice((_lit("true"), _lit("false")))
+    if kind == "null":
+        return _lit("null")
+    if kind == "array":
+        if not isinstance(schema.get("items"), dict):
+            raise UnsupportedSchema("an array needs an 'items' schema")
+        return Array(schema_node(schema["items"], root, depth + 1))
+    if kind == "object":
+        return object_node(schema, root, depth)
+    raise UnsupportedSchema(f"unsupported schema {json.dumps(schema)[:80]}")
+
+
+def object_node(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Node:
+    """Every property, in the schema's order; a property that is not required may be ``null``
+    (the integrations drop such nulls, so the tool sees its default)."""
+    root = root if root is not None else schema
+    props = schema.get("properties") or {}
+    if not isinstance(props, dict):
+        raise UnsupportedSchema("'properties' must be an object")
+    if not props and schema.get("additionalProperties") not in (None, False):
+        raise UnsupportedSchema("free-form objects are not supported")
+    required = set(schema.get("required") or [])
+    parts: list[Node] = []
+    for i, (key, sub) in enumerate(props.items()):
+        parts.append(_lit(("{" if i == 0 else ", ") + json.dumps(key, ensure_ascii=False) + ": "))
+        value = schema_node(sub, root, depth + 1)
+        parts.append(value if key in required else Choice((value, _lit("null"))))
+    parts.append(_lit("}" if props else "{}"))
+    return Sequence(tuple(parts))
+
+
+# --------------------------------------------------------------------------- the grammar and its cursor
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A reply's whole grammar; ``cursor()`` starts reading it."""
+
+    node: Node
+
+    @classmethod
+    def tool_calls(cls, tools: list[dict[str, Any]], opening: str = "<tool_call>",
+                   closing: str | None = None) -> Grammar:
+        """One ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` to one of ``tools``
+        (OpenAI-style schemas), with arguments that fit the tool's parameters.
+
+        Raises ``UnsupportedSchema`` when a tool's parameters cannot be expressed.
+        """
+        if not tools:
+            raise ValueError("no tools to call")
+        closing = closing if closing is not None else ("\n" if opening.endswith("\n") else "") + "</tool_call>"
+        calls = []
+        for t in tools:
+            fn = t.get("function", t)
+            params = fn.get("parameters") or {"type": "object", "properties": {}}
+            head = _lit(opening + '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
+            calls.append(Sequence((head, object_node(params), _lit("}" + closing))))
+        return cls(calls[0] if len(calls) == 1 else Choice(tuple(calls)))
+
+    def cursor(self) -> Cursor:
+        return Cursor(self.node, frozenset(self.node.first()))
+
+    def after(self, text: str) -> Cursor | None:
+        """The cursor after ``text`` (the reply so far), or None if ``text`` left the grammar."""
+        return self.cursor().feed(text.encode())
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a reply stands in its grammar: the set of automaton states it may be in."""
+
+    node: Node
+    states: frozenset[Any]
+
+    def feed(self, data: bytes) -> Cursor | None:
+        states: set[Any] | frozenset[Any] = self.states
+        for b in data:
+            states = {s2 for s in states for s2 in self.node.step(s, b)}
+            if not states:
+                return None
+        return Cursor(self.node, frozenset(states))
+
+    @property
+    def accepting(self) -> bool:
+        return any(self.node.done(s) for s in self.states)
+
+    @property
+    def complete(self) -> bool:
+        """Accepting with no byte left that could continue it: only end-of-sequence may follow."""
+        return self.accepting and not any(self.node.step(s, b) for s in self.states for b in range(256))
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character a byte-level BPE token uses for each byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, n = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def token_bytes(tokenizer: Any) -> list[bytes | None]:
+    """Each token id's bytes (None for special and added tokens), cached on the tokenizer."""
+    cached = getattr(tokenizer, "_rsd_token_bytes", None)
+    if cached is not None:
+        return cached
+    n = len(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i in getattr(tokenizer, "added_tokens_decoder", {}) or {}}
+    dec = _byte_decoder()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    byte_level = backend is not None and "ByteLevel" in repr(getattr(backend, "decoder", ""))
+    out: list[bytes | None] = []
+    for i, p in enumerate(pieces):
+        if i in special or p is None:
+            out.append(None)
+        elif byte_level and all(c in dec for c in p):
+            out.append(bytes(dec[c] for c in p))
+        elif len(p) == 6 and p.startswith("<0x") and p.endswith(">"):  # sentencepiece byte fallback
+            out.append(bytes([int(p[3:5], 16)]))
+        else:
+            out.append(p.replace("\u2581", " ").encode())
+    try:
+        tokenizer._rsd_token_bytes = out
+    except AttributeError:
+        pass
+    return out
+
+
+class ConstrainedRows:
+    """Picks the next token of the constrained rows of a batch, and moves their cursors along.
+
+    ``rows`` maps a row of the logits to its cursor. A row whose cursor has been left (only possible
+    when the tokenizer cannot spell what the grammar needs) is released, unconstrained.
+    """
+
+    CHUNK = 64
+
+    def __init__(self, rows: dict[int, Cursor], tokenizer: Any, eos_ids: set[int], limit: int):
+        self.rows, self.table, self.limit = dict(rows), token_bytes(tokenizer), limit
+        self.eos = sorted(e for e in eos_ids if e < limit)
+
+    def pick(self, logits: torch.Tensor, tok: torch.Tensor, live: list[bool], sampling: Any,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """``tok`` with each live constrained row's token replaced by an allowed one."""
+        chosen: dict[int, int] = {}
+        for r, cur in list(self.rows.items()):
+            if not live[r]:
+                continue
+            t = self._choose(logits[r, : self.limit], cur, sampling, generator)
+            if t is None:
+                del self.rows[r]
+                continue
+            chosen[r] = t
+            data = self.table[t]
+            if data is not None:
+                nxt = cur.feed(data)
+                if nxt is None:
+                    del self.rows[r]
+                else:
+                    self.rows[r] = nxt
+        if not chosen:
+            return tok
+        tok = tok.clone()
+        idx = torch.tensor(list(chosen), device=tok.device)
+        tok[idx] = torch.tensor(list(chosen.values()), device=tok.device, dtype=tok.dtype)
+        return tok
+
+    def _choose(self, row: torch.Tensor, cur: Cursor, sampling: Any, generator: torch.Generator | None) -> int | None:
+        if cur.complete:
+            return self.eos[0] if self.eos else None
+        order = torch.argsort(row, descending=True)
+        can_end = cur.accepting
+        for start in range(0, row.shape[0], self.CHUNK):
+            ids = order[start : start + self.CHUNK].tolist()
+            ok = [i for i in ids if (i in self.eos and can_end)
+                  or (self.table[i] is not None and self.table[i] and cur.feed(self.table[i]) is not None)]
+            if ok:
+                if sampling is None or sampling.greedy or len(ok) == 1:
+                    return ok[0]
+                sub = row[torch.tensor(ok, device=row.device)][None]
+                return ok[int(sample_next(sub, sampling, generator)[0])]
+        return None

@@ -1,0 +1,170 @@
+"""Grammars for forced tool calls: what they accept, and decoding under them (plain and fast paths)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from rsd_core import RewardGuidedDecoder, RSDConfig
+from rsd_core.backends.hf import HFGenerator
+from rsd_core.config import SamplingConfig
+from rsd_core.constraints import Grammar, UnsupportedSchema, object_node, token_bytes
+from rsd_core.toy import toy_model_paths
+
+
+@pytest.fixture(scope="module")
+def toy_paths() -> dict[str, str]:
+    return toy_model_paths()
+
+
+def fn(name: str, params: dict) -> dict:
+    return {"type": "function", "function": {"name": name, "description": "", "parameters": params}}
+
+
+class Address(BaseModel):
+    city: str
+    zip: int | None = None
+
+
+class Customer(BaseModel):
+    name: str
+    tags: list[str]
+    address: Address
+    kind: str = "person"
+
+
+CUSTOMER = fn("customer", Customer.model_json_schema())  # $defs, $ref, anyOf with null, defaults
+SQUARE = fn("square", {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+MIXED = fn("mixed", {"type": "object", "properties": {
+    "f": {"type": "number"}, "b": {"type": "boolean"}, "e": {"enum": ["a", "b c", 3]},
+    "n": {"type": ["string", "null"]}, "o": {"type": "string"}}, "required": ["f", "b", "e", "n"]})
+
+
+def call(name: str, args: dict) -> str:
+    return "<tool_call>" + json.dumps({"name": name, "arguments": args}, ensure_ascii=False) + "</tool_call>"
+
+
+@pytest.mark.parametrize("text", [
+    call("square", {"x": 12}),
+    call("square", {"x": -3}),
+    call("customer", {"name": "你好", "tags": [], "address": {"city": "Zürich", "zip": None}, "kind": "firm"}),
+    call("customer", {"name": 'a "q"', "tags": ["x", "y z"], "address": {"city": "B", "zip": 8001}, "kind": None}),
+    call("mixed", {"f": 1.5e-3, "b": False, "e": "b c", "n": None, "o": None}),
+    call("mixed", {"f": -2, "b": True, "e": 3, "n": "x", "o": "y"}),
+])
+def test_grammar_accepts_every_well_formed_call(text):
+    cur = Grammar.tool_calls([SQUARE, CUSTOMER, MIXED]).after(text)
+    assert cur is not None and cur.accepting and cur.complete
+
+
+@pytest.mark.parametrize("text, why", [
+    (call("cube", {"x": 1}), "unknown tool"),
+    (call("square", {"x": "12"}), "string for an integer"),
+    (call("square", {"x": 1.5}), "fraction for an integer"),
+    (call("square", {"y": 1}), "wrong key"),
+    (call("square", {}), "missing required key"),
+    (call("square", {"x": 1, "y": 2}), "extra key"),
+    (call("mixed", {"f": 1, "b": "yes", "e": "a", "n": None, "o": None}), "string for a boolean"),
+    (call("mixed", {"f": 1, "b": True, "e": "z", "n": None, "o": None}), "not in the enum"),
+    (call("square", {"x": 1}) + " and more", "text after the call"),
+    ('<tool_call>{"name": "square", "arguments": {"x": 1}}', "unclosed call (not complete, but a valid prefix)"),
+    ('<tool_call>{"name": "square", "arguments": {"x": 1 }}</tool_call>', "spacing json.dumps does not write"),
+    ('<tool_call>{"name": "customer", "arguments": {"name": "a\nb"', "a raw newline in a string"),
+])
+def test_grammar_rejects_what_does_not_fit(text, why):
+    cur = Grammar.tool_calls([SQUARE, CUSTOMER, MIXED]).after(text)
+    if why.startswith("unclosed"):
+        assert cur is not None and not cur.accepting
+    else:
+        assert cur is None, why
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {}, "additionalProperties": True},  # free-form object
+    {"type": "object", "properties": {"xs": {"type": "array"}}},          # array with no item schema
+    {"type": "object", "properties": {"r": {"$ref": "https://example.com/s.json"}}},
+])
+def test_schemas_the_grammar_cannot_express_are_reported(schema):
+    with pytest.raises(UnsupportedSchema):
+        object_node(schema)
+
+
+def test_token_bytes_spell_what_the_tokenizer_encodes(toy_paths):
+    gen = HFGenerator.from_pretrained(toy_paths["target"])
+    table = token_bytes(gen.tokenizer)
+    text = '{"customer_name": "你好啊集团", "x": -12.5}\n'
+    ids = gen.tokenizer(text, add_special_tokens=False).input_ids
+    assert b"".join(table[i] for i in ids) == text.encode()
+    assert all(table[i] is None for i in gen.eos_ids)
+
+
+@pytest.fixture(scope="module")
+def toy(toy_paths):
+    return RewardGuidedDecoder.from_pretrained(toy_paths["draft"], toy_paths["target"], toy_paths["prm"])
+
+
+QUESTIONS = ["What is 12 squared? Use the tool.", "Create a customer named Ann in Bern.",
+             "Call mixed with anything.", "Tell me a joke."]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.7, 1.0])  # draft only, RSD, target only
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_every_reply_under_the_grammar_is_a_call_that_fits(toy, threshold, temperature):
+    tools = [SQUARE, CUSTOMER, MIXED]
+    grammar = Grammar.tool_calls(tools)
+    sampling = SamplingConfig(temperature=temperature)
+    cfg = RSDConfig(threshold=threshold, max_new_tokens=400, seed=3, draft_sampling=sampling, target_sampling=sampling)
+    prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    for r in toy.generate(prompts, config=cfg, tools=tools, reply_prefix='<tool_call>{"name": "', grammar=grammar):
+        if r.finish_reason == "max_new_tokens":  # a long string value may run out of tokens: still a prefix
+            assert grammar.after(r.text) is not None
+            continue
+        assert r.finish_reason == "eos", r.text
+        obj = json.loads(r.text.removeprefix("<tool_call>").removesuffix("</tool_call>"))
+        assert obj["name"] in ("square", "customer", "mixed")
+        args = obj["arguments"]
+        if obj["name"] == "square":
+            assert isinstance(args["x"], int)
+        elif obj["name"] == "customer":
+            Customer.model_validate({k: v for k, v in args.items() if v is not None})
+        else:
+            assert isinstance(args["b"], bool) and args["e"] in ("a", "b c", 3)
+
+
+def test_a_reply_prefix_outside_the_grammar_is_refused(toy):
+    with pytest.raises(ValueError, match="does not fit the grammar"):
+        toy.generate([[{"role": "user", "content": "hi"}]], tools=[SQUARE], reply_prefix="Sure!",
+                     grammar=Grammar.tool_calls([SQUARE]))
+
+
+def test_the_fast_path_picks_the_same_constrained_tokens(toy_paths):
+    cfg = RSDConfig(max_new_tokens=200, max_step_tokens=16)
+    plain = RewardGuidedDecoder(HFGenerator.from_pretrained(toy_paths["draft"]),
+                                HFGenerator.from_pretrained(toy_paths["target"]), None, RSDConfig(threshold=1.0))
+    fast = RewardGuidedDecoder(HFGenerator.from_pretrained(toy_paths["draft"], fast=True, max_len=1024),
+                               HFGenerator.from_pretrained(toy_paths["target"], fast=True, max_len=1024), None,
+                               RSDConfig(threshold=1.0))
+    prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    kw = {"tools": [SQUARE, MIXED], "reply_prefix": "<tool_call>", "grammar": Grammar.tool_calls([SQUARE, MIXED]),
+          "config": cfg.model_copy(update={"threshold": 1.0})}
+    a, b = plain.generate(prompts, **kw), fast.generate(prompts, **kw)
+    assert [r.text for r in a] == [r.text for r in b]
+    assert all(Grammar.tool_calls([SQUARE, MIXED]).after(r.text).complete for r in a)
+
+
+def test_the_caps_on_values_never_leave_a_reply_with_no_way_on():
+    """At the caps on string length, digits and array items, the value can still be closed."""
+    from rsd_core.constraints import MAX_DIGITS, MAX_ITEMS, MAX_STRING_BYTES
+
+    g = Grammar.tool_calls([SQUARE, CUSTOMER])
+    name = g.after('<tool_call>{"name": "customer", "arguments": {"name": "' + "a" * MAX_STRING_BYTES)
+    assert name.feed(b"a") is None and name.feed(b'", "tags": [') is not None
+    x = g.after('<tool_call>{"name": "square", "arguments": {"x": ' + "1" * MAX_DIGITS)
+    assert x.feed(b"1") is None and x.feed(b"}}</tool_call>").complete
+    tags = g.after('<tool_call>{"name": "customer", "arguments": {"name": "a", "tags": ['
+                   + ", ".join(['"t"'] * MAX_ITEMS))
+    assert tags.feed(b",") is None and tags.feed(b'], "address": {') is not None
+    f = Grammar.tool_calls([MIXED]).after('<tool_call>{"name": "mixed", "arguments": {"f": ' + "1" * (MAX_DIGITS - 2))
+    assert f.feed(b".") is None and f.feed(b"e") is None and f.feed(b", ") is not None
