@@ -235,11 +235,17 @@ def _a_file(d):
     return d / "weights.bin"
 
 
+def _not_gguf(d):
+    (d / "model.gguf").write_bytes(b"\0" * 64)
+    return d / "model.gguf"
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda d: d / "missing", "missing"),
     (_empty_dir, "no config.json"),
     (_bad_config, "not valid JSON"),
     (_a_file, "is a file"),
+    (_not_gguf, r"model\.gguf.*not a GGUF file"),
 ])
 def test_model_paths_that_do_not_hold_a_model(tmp_path, make, match, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local path is tried as a hub id: fail fast here
@@ -248,6 +254,15 @@ def test_model_paths_that_do_not_hold_a_model(tmp_path, make, match, monkeypatch
     with pytest.raises(ModelLoadError, match=match):
         RewardGuidedDecoder.from_pretrained(draft=path, target=path)
     assert time.perf_counter() - t0 < 30
+
+
+def test_a_gguf_file_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ModelLoadError, match=r"model\.gguf.*pip install gguf"):
+        RewardGuidedDecoder.from_pretrained(draft=str(_not_gguf(tmp_path)), target=str(_not_gguf(tmp_path)))
 
 
 def test_wrong_kind_of_checkpoint_for_a_reward_model(tmp_path):

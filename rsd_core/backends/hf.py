@@ -63,10 +63,9 @@ def load_pretrained(
 
     A local path is checked first and never looked up on the hub (a typo must not turn into a download).
     A local ``.gguf`` file loads as transformers loads GGUF (``gguf_file=``; needs the ``gguf`` package):
-    the weights are de-quantized, the tokenizer and chat template come from the file. A hub GGUF
-    repository loads the same way with ``gguf_file="name.gguf"`` passed through.
+    the weights are de-quantized, the tokenizer and chat template come from the file.
     """
-    local = Path(name_or_path)
+    shown, local = name_or_path, Path(name_or_path)
     if local.exists():
         if local.is_file() and local.suffix == ".gguf":
             name_or_path, kwargs["gguf_file"] = str(local.parent), local.name
@@ -74,7 +73,7 @@ def load_pretrained(
             check_local_checkpoint(local)
         kwargs.setdefault("local_files_only", True)
     if kwargs.get("gguf_file"):
-        require_gguf(name_or_path)
+        require_gguf(shown)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
                                             local_files_only=kwargs.get("local_files_only", False),
@@ -89,7 +88,7 @@ def load_pretrained(
         )
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         # (pickle checkpoints load with weights_only=True: one that holds code fails here, unrun)
-        raise ModelLoadError(f"could not load {name_or_path!r} with {auto_cls.__name__}: {e}") from e
+        raise ModelLoadError(f"could not load {shown!r} with {auto_cls.__name__}: {e}") from e
     model.eval()
     return model, tok
 
