@@ -1,4 +1,5 @@
-"""A LlamaIndex FunctionAgent with RSDLLM on the embedded toy trio, calling a tool and answering from its result.
+"""LlamaIndex agents with RSDLLM on the embedded toy trio: a FunctionAgent calling a tool and answering from
+its result, then a ReActAgent reasoning in the ReAct text format.
 
     python examples/llama_index_agent.py
 
@@ -6,11 +7,15 @@ FunctionAgent uses the model's own tool-call format (``<tool_call>{json}</tool_c
 target was taught; the toy draft was not, so the PRM rejects its attempt and the target writes the call.
 The toy cannot reliably spell a tool name it never saw, so the first turn names the tool
 (``initial_tool_choice``); the model writes the arguments and then answers from the result.
+
+ReActAgent describes the tools and the Thought / Action / Answer format in a long system header and parses
+the model's text. The toy answers a word problem in that format (it cannot spell an unseen tool's name
+in an ``Action:`` line, so it is given a question that needs no tool).
 """
 
 import asyncio
 
-from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.tools import FunctionTool
@@ -45,6 +50,10 @@ async def main() -> None:
 
     agent = FunctionAgent(tools=tools, llm=llm, initial_tool_choice="square")
     print("answer:", await agent.run("What is the value of square(12)? Use the tool."))
+
+    print("\nReActAgent:")
+    react = ReActAgent(tools=tools, llm=llm)
+    print("answer:", await react.run("Lou has 98 books. She buys 22 more. She sells 40. How many books does Lou have now?"))
 
 
 asyncio.run(main())

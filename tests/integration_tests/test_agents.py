@@ -236,6 +236,35 @@ async def test_llama_index_function_agent_calls_the_tool(li_events):
     assert any(e.source == "target" and e.accepted and '"x": 12' in e.text for e in steps)
 
 
+async def test_llama_index_react_agent_reasons_in_the_react_format_and_answers(li_events):
+    """ReActAgent prompts through its 1,900-token header and parses Thought / Answer from the text.
+
+    The toy target answers a word problem in that format without a tool. (The toy draft, trained on short
+    word problems only, writes noise behind the long header; the PRM rejects it and the target writes each
+    step.) Choosing a tool in ReAct's ``Action:`` line means spelling an unseen name, which the toy cannot;
+    FunctionAgent above is the tool path on the toy.
+    """
+    from llama_index.core.agent.workflow import AgentOutput, ReActAgent
+
+    from rsd_core.toy.task import make_problems
+    from rsd_integrations.llama_index import RSDLLM, RSDStepEvent
+
+    calls: list = []
+    agent = ReActAgent(tools=[li_square(calls)], llm=RSDLLM(max_tokens=200))
+    for p in make_problems(3, 777):  # a seed training never uses
+        li_events.clear()
+        handler = agent.run(p.question, max_iterations=3)
+        outputs = [ev async for ev in handler.stream_events() if isinstance(ev, AgentOutput)]
+        response = await handler
+        assert str(response).endswith(f"\\boxed{{{p.answer}}}.") and not str(response).startswith("Thought")
+        assert outputs and outputs[-1].response.content == str(response)
+        steps = [e for e in li_events if isinstance(e, RSDStepEvent) and e.accepted]
+        assert "".join(e.text for e in steps).startswith("Thought: I can answer without using any more tools")
+        proposed = [e for e in li_events if isinstance(e, RSDStepEvent) and e.source == "draft"]
+        assert proposed and all(e.span_id for e in steps)  # RSD ran inside the agent: the draft proposed, the PRM judged
+    assert calls == []
+
+
 def test_llama_index_tool_required_forces_a_call_and_predict_and_call_runs_it():
     from rsd_integrations.llama_index import RSDLLM
 
