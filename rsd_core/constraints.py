@@ -70,26 +70,33 @@ class Literal(Node):
 
 @dataclass(frozen=True)
 class String(Node):
-    """A JSON string: no control characters, simple escapes only, at most ``MAX_STRING_BYTES``."""
+    """A JSON string of well-formed UTF-8: no raw control characters, JSON's escapes, at most
+    ``MAX_STRING_BYTES``. A state is (phase, bytes so far, bytes the character or escape still needs)."""
 
     def first(self) -> list[Any]:
-        return [("open", 0)]
+        return [("open", 0, 0)]
 
-    def step(self, state: tuple[str, int], b: int) -> list[Any]:
-        phase, n = state
+    def step(self, state: tuple[str, int, int], b: int) -> list[Any]:
+        phase, n, cont = state
         if phase == "open":
-            return [("in", 0)] if b == QUOTE else []
-        if phase == "in":
-            if b == QUOTE:
-                return [("closed", n)]
-            if n >= MAX_STRING_BYTES or b < 0x20:
-                return []
-            return [("esc", n + 1)] if b == BACKSLASH else [("in", n + 1)]
+            return [("in", 0, 0)] if b == QUOTE else []
         if phase == "esc":
-            return [("in", n + 1)] if b in b'"\\/bfnrt' else []
-        return []
+            return [("in", n + 1, 0)] if b in b'"\\/bfnrt' else [("hex", n + 1, 4)] if b == ord("u") else []
+        if phase == "hex":  # \uXXXX
+            ok = b in b"0123456789abcdefABCDEF"
+            return [("in" if cont == 1 else "hex", n + 1, cont - 1 if cont > 1 else 0)] if ok else []
+        if phase != "in":
+            return []
+        if cont:  # inside a multi-byte character
+            return [("in", n + 1, cont - 1)] if 0x80 <= b <= 0xBF else []
+        if b == QUOTE:
+            return [("closed", n, 0)]
+        need = 1 if 0xC2 <= b <= 0xDF else 2 if 0xE0 <= b <= 0xEF else 3 if 0xF0 <= b <= 0xF4 else 0
+        if b < 0x20 or 0x80 <= b <= 0xC1 or b > 0xF4 or n + 1 + need > MAX_STRING_BYTES:
+            return []
+        return [("esc", n + 1, 0)] if b == BACKSLASH else [("in", n + 1, need)]
 
-    def done(self, state: tuple[str, int]) -> bool:
+    def done(self, state: tuple[str, int, int]) -> bool:
         return state[0] == "closed"
 
 

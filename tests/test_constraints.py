@@ -168,3 +168,69 @@ def test_the_caps_on_values_never_leave_a_reply_with_no_way_on():
     assert tags.feed(b",") is None and tags.feed(b'], "address": {') is not None
     f = Grammar.tool_calls([MIXED]).after('<tool_call>{"name": "mixed", "arguments": {"f": ' + "1" * (MAX_DIGITS - 2))
     assert f.feed(b".") is None and f.feed(b"e") is None and f.feed(b", ") is not None
+
+
+# --------------------------------------------------------------------------- fuzzed: schemas and their values
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # control characters come escaped
+_scalars = st.sampled_from([
+    ({"type": "string"}, _text),
+    ({"type": "integer"}, st.integers(-10**9, 10**9)),
+    ({"type": "number"}, st.floats(allow_nan=False, allow_infinity=False, width=32)),
+    ({"type": "boolean"}, st.booleans()),
+    ({"enum": ["red", "green", 3]}, st.sampled_from(["red", "green", 3])),
+    ({"type": ["string", "null"]}, st.one_of(st.none(), _text)),
+])
+
+
+@st.composite
+def value_schema(draw, depth: int):
+    """A (schema, value that fits it) pair: scalars, arrays of scalars, objects (nested up to ``depth``)."""
+    kind = draw(st.sampled_from(["scalar", "scalar", "array", "object"] if depth > 0 else ["scalar", "array"]))
+    if kind == "scalar":
+        schema, values = draw(_scalars)
+        return schema, draw(values)
+    if kind == "array":
+        schema, values = draw(_scalars)
+        return {"type": "array", "items": schema}, draw(st.lists(values, max_size=3))
+    return draw(object_schema(depth - 1))
+
+
+@st.composite
+def object_schema(draw, depth: int = 1):
+    keys = draw(st.lists(st.text("abcdefgh_", min_size=1, max_size=6), max_size=3, unique=True))
+    props, value, required = {}, {}, []
+    for k in keys:
+        props[k], v = draw(value_schema(depth))
+        if draw(st.booleans()):
+            required.append(k)
+            value[k] = v
+        else:
+            value[k] = draw(st.sampled_from([None, v]))  # an optional parameter may be left null
+    return {"type": "object", "properties": props, "required": required}, value
+
+
+@settings(max_examples=300, deadline=None)
+@given(object_schema(), st.data())
+def test_fuzzed_schemas_accept_their_values_and_refuse_broken_ones(sv, data):
+    schema, args = sv
+    g = Grammar.tool_calls([fn("f", schema)])
+    text = call("f", args)
+    cur = g.after(text)
+    assert cur is not None and cur.complete, text
+    # Every strict prefix is a live, unfinished reply; cutting a byte out of the middle breaks it
+    # (unless the cut happens to leave another valid call).
+    raw = text.encode()
+    cut = data.draw(st.integers(1, len(raw) - 2))
+    assert g.cursor().feed(raw[:cut]) is not None and not g.cursor().feed(raw[:cut]).complete
+    broken = raw[:cut] + raw[cut + 1:]
+    try:
+        still_valid = json.loads(broken.decode()[len("<tool_call>"):-len("</tool_call>")])["arguments"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        still_valid = None
+    if still_valid is None:
+        after = g.cursor().feed(broken)
+        assert after is None or not after.complete, broken
