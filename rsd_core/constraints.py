@@ -237,6 +237,8 @@ def schema_node(schema: dict[str, Any], root: dict[str, Any] | None = None, dept
         return _lit(json.dumps(schema["const"], ensure_ascii=False))
     if "enum" in schema:
         return Choice(tuple(_lit(json.dumps(v, ensure_ascii=False)) for v in schema["enum"]))
+    if isinstance(schema.get("allOf"), list) and len(schema["allOf"]) == 1:  # pydantic's wrapped $ref
+        return schema_node(schema["allOf"][0], root, depth + 1)
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return Choice(tuple(schema_node(s, root, depth + 1) for s in schema[key]))

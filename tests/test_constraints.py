@@ -39,7 +39,9 @@ CUSTOMER = fn("customer", Customer.model_json_schema())  # $defs, $ref, anyOf wi
 SQUARE = fn("square", {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
 MIXED = fn("mixed", {"type": "object", "properties": {
     "f": {"type": "number"}, "b": {"type": "boolean"}, "e": {"enum": ["a", "b c", 3]},
-    "n": {"type": ["string", "null"]}, "o": {"type": "string"}}, "required": ["f", "b", "e", "n"]})
+    "n": {"type": ["string", "null"]}, "o": {"type": "string"},
+    "w": {"allOf": [{"$ref": "#/$defs/Size"}], "description": "wrapped"}},
+    "required": ["f", "b", "e", "n"], "$defs": {"Size": {"enum": ["S", "M"]}}})
 
 
 def call(name: str, args: dict) -> str:
@@ -51,8 +53,8 @@ def call(name: str, args: dict) -> str:
     call("square", {"x": -3}),
     call("customer", {"name": "你好", "tags": [], "address": {"city": "Zürich", "zip": None}, "kind": "firm"}),
     call("customer", {"name": 'a "q"', "tags": ["x", "y z"], "address": {"city": "B", "zip": 8001}, "kind": None}),
-    call("mixed", {"f": 1.5e-3, "b": False, "e": "b c", "n": None, "o": None}),
-    call("mixed", {"f": -2, "b": True, "e": 3, "n": "x", "o": "y"}),
+    call("mixed", {"f": 1.5e-3, "b": False, "e": "b c", "n": None, "o": None, "w": "M"}),
+    call("mixed", {"f": -2, "b": True, "e": 3, "n": "x", "o": "y", "w": None}),
 ])
 def test_grammar_accepts_every_well_formed_call(text):
     cur = Grammar.tool_calls([SQUARE, CUSTOMER, MIXED]).after(text)
@@ -66,8 +68,9 @@ def test_grammar_accepts_every_well_formed_call(text):
     (call("square", {"y": 1}), "wrong key"),
     (call("square", {}), "missing required key"),
     (call("square", {"x": 1, "y": 2}), "extra key"),
-    (call("mixed", {"f": 1, "b": "yes", "e": "a", "n": None, "o": None}), "string for a boolean"),
-    (call("mixed", {"f": 1, "b": True, "e": "z", "n": None, "o": None}), "not in the enum"),
+    (call("mixed", {"f": 1, "b": "yes", "e": "a", "n": None, "o": None, "w": None}), "string for a boolean"),
+    (call("mixed", {"f": 1, "b": True, "e": "z", "n": None, "o": None, "w": None}), "not in the enum"),
+    (call("mixed", {"f": 1, "b": True, "e": "a", "n": None, "o": None, "w": "XL"}), "not in a referenced enum"),
     (call("square", {"x": 1}) + " and more", "text after the call"),
     ('<tool_call>{"name": "square", "arguments": {"x": 1}}', "unclosed call (not complete, but a valid prefix)"),
     ('<tool_call>{"name": "square", "arguments": {"x": 1 }}</tool_call>', "spacing json.dumps does not write"),
@@ -143,8 +146,8 @@ def test_the_fast_path_picks_the_same_constrained_tokens(toy_paths):
     cfg = RSDConfig(max_new_tokens=200, max_step_tokens=16)
     plain = RewardGuidedDecoder(HFGenerator.from_pretrained(toy_paths["draft"]),
                                 HFGenerator.from_pretrained(toy_paths["target"]), None, RSDConfig(threshold=1.0))
-    fast = RewardGuidedDecoder(HFGenerator.from_pretrained(toy_paths["draft"], fast=True, max_len=1024),
-                               HFGenerator.from_pretrained(toy_paths["target"], fast=True, max_len=1024), None,
+    fast = RewardGuidedDecoder(HFGenerator.from_pretrained(toy_paths["draft"], fast=True, max_len=2048),
+                               HFGenerator.from_pretrained(toy_paths["target"], fast=True, max_len=2048), None,
                                RSDConfig(threshold=1.0))
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
     kw = {"tools": [SQUARE, MIXED], "reply_prefix": "<tool_call>", "grammar": Grammar.tool_calls([SQUARE, MIXED]),
