@@ -7,9 +7,11 @@ never uses. A turn counts only if the whole reply equals the reference: the righ
 argument copied exactly, and the closing tag. Arithmetic accuracy on held-out word problems is
 printed beside it (tool training must not cost the target its arithmetic).
 
-The call turns are measured twice: left to the model, and as a forced call (``tool_choice="any"``,
-or the tool's name for the schema turn) under the call's grammar (``rsd_core.constraints``), where
-the model picks the tool among those offered and writes only the values.
+The call turns are measured three ways: left to the model (as the tools are offered, no grammar); with
+the tools offered under their grammar (``tool_choice="auto"``: the model decides, and any call it
+starts must name an offered tool and fit its schema); and as a forced call under the grammar
+(``tool_choice="any"``, or the tool's name for the schema turn), where the model writes only the
+name and the values (``rsd_core.constraints``).
 """
 
 from __future__ import annotations
@@ -50,38 +52,45 @@ def main() -> None:
     dec = RewardGuidedDecoder.from_pretrained(args.model, args.model, None, config=RSDConfig(
         threshold=1.0, max_new_tokens=100))  # target only, greedy: the same model as ``reply``
 
-    def under_grammar(messages, tools, forced) -> str:
-        prefix = forced or '<tool_call>{"name": "'
-        return dec.generate([messages], tools=tools, reply_prefix=prefix, grammar=Grammar.tool_calls(tools))[0].text
+    def under_grammar(messages, tools, forced: str | None) -> str:
+        """``forced=None``: the tools offered (auto); else a forced call starting with ``forced``."""
+        if forced is None:
+            prefix, grammar = "", Grammar.text_and_calls(tools)
+        else:
+            prefix, grammar = forced or '<tool_call>{"name": "', Grammar.tool_calls(tools)
+        return dec.generate([messages], tools=tools, reply_prefix=prefix, grammar=grammar)[0].text
 
     rng = random.Random(HELD_OUT_SEED)
-    rows = {}
+    rows: dict[str, list[float | None]] = {}
     for name, fn in [("call a tool named in the question", _named_call),
                      ("call a tool described in the question", _described_call),
                      ("fill a schema (forced call)", _schema_fill),
                      ("answer from a tool result", _tool_result)]:
-        ok = ok_grammar = 0
+        ok = [0, 0, 0]
         for _ in range(args.n):
             msgs, tools, answer, forced = fn(rng)
-            ok += reply(msgs, tools, answer[:forced]).strip() == answer
+            ok[0] += reply(msgs, tools, answer[:forced]).strip() == answer
             if fn is not _tool_result:
-                ok_grammar += under_grammar(msgs, tools, answer[:forced]).strip() == answer
-        rows[name] = ok / args.n
-        if fn is not _tool_result:
-            rows[f"{name}, under the call's grammar"] = ok_grammar / args.n
+                ok[1] += forced == 0 and under_grammar(msgs, tools, None).strip() == answer
+                ok[2] += under_grammar(msgs, tools, answer[:forced]).strip() == answer
+        free, auto, grammar = (k / args.n for k in ok)
+        rows[name] = [free, None if fn in (_tool_result, _schema_fill) else auto,
+                      None if fn is _tool_result else grammar]
     ok = 0
     for _ in range(args.n):
         msgs, answer = make_react_lesson(rng)
         ok += reply(msgs, max_new=160).strip() == answer.strip()
-    rows["ReAct turn (LlamaIndex ReActAgent)"] = ok / args.n
+    rows["ReAct turn (LlamaIndex ReActAgent)"] = [ok / args.n, None, None]
     problems = make_problems(100, 777)
-    rows["arithmetic word problems (100)"] = sum(
+    rows["arithmetic word problems (100)"] = [sum(
         reply([{"role": "user", "content": p.question}], max_new=120).strip().endswith(f"\\boxed{{{p.answer}}}.")
-        for p in problems) / len(problems)
-    print(json.dumps({"model": args.model, "n": args.n, "exact_match": rows}))
-    print(f"\n| turn (held-out, n={args.n} each) | exact match |\n|---|---|")
+        for p in problems) / len(problems), None, None]
+    print(json.dumps({"model": args.model, "n": args.n, "exact_match": {
+        k: dict(zip(["free", "tools_offered_grammar", "forced_call_grammar"], v)) for k, v in rows.items()}}))
+    print(f"\n| turn (held-out, n={args.n} each) | left to the model | tools offered, grammar | forced call, grammar |")
+    print("|---|---|---|---|")
     for k, v in rows.items():
-        print(f"| {k} | {v:.2f} |")
+        print(f"| {k} | " + " | ".join("-" if x is None else f"{x:.2f}" for x in v) + " |")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,12 @@
 The toy draft never learned to call tools: when it proposes a step for the tool call, the PRM gives
 it a low reward and the target writes the call instead. The printout shows which model wrote what.
 
-The toy target writes the call's format and arguments but cannot reliably spell a tool's name it has
-never seen, so a middleware forces a call on the first turn (``tool_choice="any"``: with one tool,
-the reply starts with that tool's name); a real instruct model needs no such help.
+Left to itself the toy target misspells a tool name it never saw; with tools bound, every call a model
+starts is held to the tools' grammar (the name is one of the tools, the arguments fit the schema), so the
+agent runs as written, with no forced first turn.
 """
 
 from langchain.agents import create_agent
-from langchain.agents.middleware import AgentMiddleware
-from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
 from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
@@ -33,16 +31,7 @@ class PrintSteps(RSDCallbackHandler):
               f"{step['text'].strip()}")
 
 
-class CallAToolFirst(AgentMiddleware):
-    """The first model turn must call a tool; later turns (after a tool result) decide freely."""
-
-    def wrap_model_call(self, request, handler):
-        if not any(isinstance(m, ToolMessage) for m in request.messages):
-            request = request.override(tool_choice="any")
-        return handler(request)
-
-
-agent = create_agent(ChatRSD(threshold=0.7), tools=[square], middleware=[CallAToolFirst()])
+agent = create_agent(ChatRSD(threshold=0.7), tools=[square])
 state = agent.invoke({"messages": [("user", "What is the value of square(12)? Use the tool.")]},
                      config={"callbacks": [PrintSteps()]})
 for m in state["messages"]:

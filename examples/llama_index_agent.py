@@ -5,12 +5,14 @@ its result, then a ReActAgent reasoning in the ReAct text format.
 
 FunctionAgent uses the model's own tool-call format (``<tool_call>{json}</tool_call>``), which the toy
 target was taught; the toy draft was not, so the PRM rejects its attempt and the target writes the call.
-The toy cannot reliably spell a tool name it never saw, so the first turn names the tool
-(``initial_tool_choice``); the model writes the arguments and then answers from the result.
+Left to itself the toy misspells a tool name it never saw; with tools offered, every call a model starts
+is held to the tools' grammar (a real tool's name, arguments that fit its schema), so the agent runs as
+written: the model calls the tool and then answers from the result.
 
 ReActAgent describes the tools and the Thought / Action / Answer format in a long system header and parses
 the model's text. The toy answers a word problem in that format (it cannot spell an unseen tool's name
-in an ``Action:`` line, so it is given a question that needs no tool).
+in an ``Action:`` line, and ReAct offers the model no tools to hold it to, so it is given a question that
+needs no tool).
 """
 
 import asyncio
@@ -48,7 +50,7 @@ async def main() -> None:
     llm = RSDLLM(threshold=0.7)
     tools = [FunctionTool.from_defaults(square)]
 
-    agent = FunctionAgent(tools=tools, llm=llm, initial_tool_choice="square")
+    agent = FunctionAgent(tools=tools, llm=llm)
     print("answer:", await agent.run("What is the value of square(12)? Use the tool."))
 
     print("\nReActAgent:")

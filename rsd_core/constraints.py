@@ -1,11 +1,13 @@
-"""Replies that must follow a grammar, token by token: forced tool calls whose arguments fit the schema.
+"""Replies that must follow a grammar, token by token: tool calls whose arguments fit the schema.
 
 A ``Grammar`` is a small nondeterministic automaton over bytes (so it fits every tokenizer) built
 from JSON-schema pieces: literals (keys, quotes, brackets, the call tags) are the only bytes
 allowed where they stand, and values are the model's own, held to their type (a string's content,
-an integer's digits, one of an enum's options). While a sequence is constrained, each new token is
-the model's most likely one (or one sampled among its most likely) that the automaton accepts; once
-the grammar is complete, only end-of-sequence is.
+an integer's digits, one of an enum's options). ``Grammar.tool_calls`` is a forced call (the whole
+reply is one call); ``Grammar.text_and_calls`` is free text in which every call the model starts
+must be valid. While a sequence is constrained, each new token is the model's own pick when the
+automaton accepts it, else its most likely allowed token (or one sampled among the most likely
+allowed ones); once the grammar is complete, only end-of-sequence is.
 
 Example:
     >>> g = Grammar.tool_calls([{"name": "square", "parameters": {
@@ -115,11 +117,13 @@ class Number(Node):
         # At most MAX_DIGITS bytes, and never a dead end: a sign, "." or "e" only with room for digits after it.
         if n >= MAX_DIGITS or (not digit and n + 3 > MAX_DIGITS):
             return []
-        if phase == "start":
-            return [("sign", 0)] if b == 0x2D else [("int", 1)] if digit else []
-        if phase == "sign":
-            return [("int", 1)] if digit else []
-        if phase == "int":
+        if phase in ("start", "sign"):
+            if phase == "start" and b == 0x2D:
+                return [("sign", 1)]
+            return [("zero", n + 1)] if b == 0x30 else [("int", n + 1)] if digit else []  # no leading zeros
+        if phase in ("int", "zero"):
+            if digit and phase == "zero":
+                return []
             if digit:
                 return [("int", n + 1)]
             if self.integer:
@@ -136,7 +140,7 @@ class Number(Node):
         return []
 
     def done(self, state: tuple[str, int]) -> bool:
-        return state[0] in ("int", "frac", "exp")
+        return state[0] in ("int", "zero", "frac", "exp")
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,58 @@ class Array(Node):
 
     def done(self, state: tuple[str, int, Any]) -> bool:
         return state[0] == "closed"
+
+
+@dataclass(frozen=True)
+class TextWithCalls(Node):
+    """Free text in which every ``opening`` tag starts a ``call`` (then free text again).
+
+    The tag is tracked as the longest tail of the text that begins it (a KMP state), so the only way
+    to write the tag is to start a call that follows ``call``.
+    """
+
+    opening: bytes
+    call: Node
+
+    def first(self) -> list[Any]:
+        return [("text", 0)]
+
+    def _advance(self, k: int, b: int) -> int:
+        tag = self.opening
+        while True:
+            if tag[k] == b:
+                return k + 1
+            if k == 0:
+                return 0
+            k = _fail(tag)[k - 1]
+
+    def step(self, state: tuple[str, Any], b: int) -> list[Any]:
+        mode, s = state
+        if mode == "text":
+            k = self._advance(s, b)
+            if k == len(self.opening):
+                return [("call", c) for c in self.call.first()]
+            return [("text", k)]
+        out = [("call", s2) for s2 in self.call.step(s, b)]
+        if self.call.done(s):
+            out += self.step(("text", 0), b)
+        return out
+
+    def done(self, state: tuple[str, Any]) -> bool:
+        return state[0] == "text" or self.call.done(state[1])
+
+
+@lru_cache(maxsize=16)
+def _fail(tag: bytes) -> tuple[int, ...]:
+    """KMP failure function: for each prefix of ``tag``, the longest proper prefix that is also its suffix."""
+    fail, k = [0] * len(tag), 0
+    for i in range(1, len(tag)):
+        while k and tag[i] != tag[k]:
+            k = fail[k - 1]
+        if tag[i] == tag[k]:
+            k += 1
+        fail[i] = k
+    return tuple(fail)
 
 
 # --------------------------------------------------------------------------- JSON schema → nodes
@@ -311,6 +367,26 @@ class Grammar:
             calls.append(Sequence((head, object_node(params), _lit("}" + closing))))
         return cls(calls[0] if len(calls) == 1 else Choice(tuple(calls)))
 
+    @classmethod
+    def text_and_calls(cls, tools: list[dict[str, Any]], opening: str = "<tool_call>") -> Grammar:
+        """Free text, in which each ``<tool_call>`` the model starts must be a call to one of ``tools``
+        with arguments that fit its parameters (the model decides whether to call; ``tool_choice="auto"``).
+
+        The newline Qwen-style templates put after the opening tag and before the closing one is
+        optional. Raises ``UnsupportedSchema`` when a tool's parameters cannot be expressed.
+        """
+        if not tools:
+            raise ValueError("no tools to call")
+        tag = opening.rstrip("\n")
+        newline = Choice((Literal(b""), Literal(b"\n")))
+        calls = []
+        for t in tools:
+            fn = t.get("function", t)
+            params = fn.get("parameters") or {"type": "object", "properties": {}}
+            head = _lit('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
+            calls.append(Sequence((newline, head, object_node(params), _lit("}"), newline, _lit("</tool_call>"))))
+        return cls(TextWithCalls(tag.encode(), calls[0] if len(calls) == 1 else Choice(tuple(calls))))
+
     def cursor(self) -> Cursor:
         return Cursor(self.node, frozenset(self.node.first()))
 
@@ -406,10 +482,11 @@ class ConstrainedRows:
              generator: torch.Generator | None) -> torch.Tensor:
         """``tok`` with each live constrained row's token replaced by an allowed one."""
         chosen: dict[int, int] = {}
+        own = tok.tolist()
         for r, cur in list(self.rows.items()):
             if not live[r]:
                 continue
-            t = self._choose(logits[r, : self.limit], cur, sampling, generator)
+            t = self._choose(logits[r, : self.limit], cur, own[r], sampling, generator)
             if t is None:
                 del self.rows[r]
                 continue
@@ -421,6 +498,7 @@ class ConstrainedRows:
                     del self.rows[r]
                 else:
                     self.rows[r] = nxt
+        chosen = {r: t for r, t in chosen.items() if t != own[r]}
         if not chosen:
             return tok
         tok = tok.clone()
@@ -428,15 +506,23 @@ class ConstrainedRows:
         tok[idx] = torch.tensor(list(chosen.values()), device=tok.device, dtype=tok.dtype)
         return tok
 
-    def _choose(self, row: torch.Tensor, cur: Cursor, sampling: Any, generator: torch.Generator | None) -> int | None:
-        if cur.complete:
-            return self.eos[0] if self.eos else None
-        order = torch.argsort(row, descending=True)
-        can_end, greedy = cur.accepting, sampling is None or sampling.greedy
+    def _choose(self, row: torch.Tensor, cur: Cursor, own: int, sampling: Any,
+                generator: torch.Generator | None) -> int | None:
+        """``own`` (the token picked without the grammar) if the grammar allows it, which is the usual
+        case; otherwise the most likely allowed token (greedy) or one sampled among the most likely
+        allowed ones. Keeping an allowed sample and redrawing otherwise samples the masked distribution."""
+        can_end = cur.accepting
 
         def allowed(i: int) -> bool:
             data = self.table[i]
             return (can_end and i in self.eos) or (bool(data) and cur.feed(data) is not None)  # type: ignore[arg-type]
+
+        if own < len(self.table) and allowed(own):
+            return own
+        if cur.complete:
+            return self.eos[0] if self.eos else None
+        order = torch.argsort(row, descending=True)
+        greedy = sampling is None or sampling.greedy
 
         for start in range(0, row.shape[0], self.CHUNK):
             ids = order[start : start + self.CHUNK].tolist()

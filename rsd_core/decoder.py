@@ -62,6 +62,8 @@ class _Seq:
     n_tokens: int = 0
     target_lag: int = 0  # accepted draft tokens the target has not read yet
     unscored: str = ""  # forced reply text the PRM reads with the first step it scores
+    cursor: Any = None  # where ``text`` stands in the run's grammar (read up to ``cursor_at`` characters)
+    cursor_at: int = 0
     stats: GenerationStats = field(default_factory=GenerationStats)
     finish: FinishReason | None = None
 
@@ -433,10 +435,17 @@ class _Run:
         return seqs
 
     def _constraints(self, seqs: list[_Seq]) -> dict[str, Any]:
-        """``generate_step``'s keyword for the grammar: where each reply stands in it (None: left it)."""
+        """``generate_step``'s keyword for the grammar: where each reply stands in it (None: left it).
+        Each sequence's cursor reads only the text added since the last round."""
         if self.grammar is None:
             return {}
-        return {"constraints": [self.grammar.after(s.text) for s in seqs]}
+        for s in seqs:
+            if s.cursor is None and s.cursor_at == 0:
+                s.cursor = self.grammar.cursor()
+            if s.cursor is not None and len(s.text) > s.cursor_at:
+                s.cursor = s.cursor.feed(s.text[s.cursor_at:].encode())
+            s.cursor_at = len(s.text)
+        return {"constraints": [s.cursor for s in seqs]}
 
     def _budget(self, s: _Seq, model: Generator) -> int:
         room = model.context_length - model.num_tokens(s.id)

@@ -68,10 +68,12 @@ def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | 
                         tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str, Grammar | None]:
     """The tools to offer, and the forced reply start and grammar that make ``tool_choice`` hold.
 
-    ``"none"`` offers no tools; ``"any"``/``"required"``/a name force the reply to be one tool call
+    ``"none"`` offers no tools. ``"any"``/``"required"``/a name force the reply to be one tool call
     (in the target's own call format): the call's keys and brackets are written for the model, which
-    writes the name and each argument's value, held to the tool's schema. A schema the grammar cannot
-    express (``rsd_core.constraints``) leaves the arguments free after the opened call.
+    writes the name and each argument's value, held to the tool's schema. ``"auto"`` (the default)
+    lets the model write text, and holds any call it starts to the same grammar, so neither draft nor
+    target can write a call that does not parse or names a tool that is not offered. A schema the
+    grammar cannot express (``rsd_core.constraints``) leaves the calls unconstrained.
     """
     if not tools or tool_choice == "none":
         if tool_choice not in (None, "auto", "none", False):
@@ -79,13 +81,12 @@ def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | 
         return None, "", None
     opening = call_opening(dec.target.tokenizer)
     prefix = forced_reply(tool_names(tools), tool_choice, opening)
-    if not prefix:
-        return tools, "", None
-    called = [t for t in tools if prefix.startswith(forced_reply(tool_names([t]), "any", opening))] or tools
+    called = [t for t in tools if prefix and prefix.startswith(forced_reply(tool_names([t]), "any", opening))]
     try:
-        return tools, prefix, Grammar.tool_calls(called, opening)
+        grammar = Grammar.tool_calls(called or tools, opening) if prefix else Grammar.text_and_calls(tools, opening)
     except UnsupportedSchema:
-        return tools, prefix, None
+        grammar = None
+    return tools, prefix, grammar
 
 
 def offered_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -237,3 +237,37 @@ def test_fuzzed_schemas_accept_their_values_and_refuse_broken_ones(sv, data):
     if still_valid is None:
         after = g.cursor().feed(broken)
         assert after is None or not after.complete, broken
+
+
+# --------------------------------------------------------------------------- text with calls (tool_choice="auto")
+
+
+@pytest.mark.parametrize("opening", ["<tool_call>", "<tool_call>\n"])
+def test_text_and_calls_lets_text_through_and_holds_every_call(opening):
+    g = Grammar.text_and_calls([SQUARE, MIXED], opening)
+    ok = ["", "Just text, with <tool and </tool_call> and {json}.", "Let me look.\n" + call("square", {"x": 3}),
+          call("square", {"x": 3}) + "\n" + call("square", {"x": 4}) + "\nDone.",
+          '<tool_call>\n{"name": "square", "arguments": {"x": 3}}\n</tool_call>']
+    for text in ok:
+        cur = g.after(text)
+        assert cur is not None and cur.accepting, text
+    for text in ['<tool_call>{"name": "cube"', '<tool_call>{"name": "square", "arguments": {"x": "3"}}',
+                 '<tool_call>[{"name": "square"', "ok <tool_call>oops", '<tool_call>{"name": "square", "arguments": {}}']:
+        assert g.after(text) is None or not g.after(text).accepting, text
+    unfinished = g.after('Sure. <tool_call>{"name": "square", "arguments": {"x": 1')
+    assert unfinished is not None and not unfinished.accepting  # a cut-off call cannot end the reply
+
+
+def test_auto_grammar_keeps_the_toys_own_calls_valid(toy):
+    """With tools offered and no call forced, the toy decides; whatever it writes parses, with a real tool."""
+    tools = [SQUARE, MIXED]
+    grammar = Grammar.text_and_calls(tools)
+    prompts = [[{"role": "user", "content": q}] for q in
+               ["What is the value of square(12)? Use the tool.", "Call mixed.", "Ann has 3 apples. She buys 4 more. "
+                "How many apples does Ann have now?"]]
+    for r in toy.generate(prompts, config=RSDConfig(max_new_tokens=300), tools=tools, grammar=grammar):
+        cur = grammar.after(r.text)
+        assert cur is not None and (cur.accepting or r.finish_reason != "eos"), r.text
+        for block in r.text.split("<tool_call>")[1:]:
+            obj = json.loads(block.split("</tool_call>")[0])
+            assert obj["name"] in ("square", "mixed")

@@ -2,12 +2,11 @@
 
 The toy target was taught tool use on random tools (``rsd_core/toy/tool_use.py``); the tools here
 (``square``, ``magic_function``, ``get_weather``, ``Joke``) are names it never saw in training.
-It writes a call's format and integer arguments reliably once the call is opened with the tool's
-name, but it cannot reliably spell an unseen name by itself (benchmarks/toy_tools.py measures this),
-so the agents here force the first turn's call the way each framework allows (a middleware setting
-``tool_choice``, ``initial_tool_choice``, ``tool_required``); a real instruct model needs no help.
-The toy draft was never taught tools: its attempts are rejected by the PRM and the target writes
-the call, which the step events show.
+Left to itself it misspells an unseen name, but with tools offered every call it starts is held to
+the tools' grammar (``rsd_core/constraints.py``): the name is one of the tools and the arguments fit
+their schemas. So the agents here run as users write them, with no forced first turn. The toy draft
+was never taught tools: its attempts are rejected by the PRM and the target writes the call, which
+the step events show.
 """
 
 from __future__ import annotations
@@ -32,25 +31,6 @@ def make_square(calls: list):
         return x * x
 
     return square
-
-
-def call_a_tool_first():
-    """LangChain agent middleware: the first model turn must call a tool (``tool_choice="any"``)."""
-    from langchain.agents.middleware import AgentMiddleware
-
-    def first_turn(request):
-        if any(isinstance(m, ToolMessage) for m in request.messages):
-            return request
-        return request.override(tool_choice="any")
-
-    class FirstTurnCalls(AgentMiddleware):
-        def wrap_model_call(self, request, handler):
-            return handler(first_turn(request))
-
-        async def awrap_model_call(self, request, handler):
-            return await handler(first_turn(request))
-
-    return FirstTurnCalls()
 
 
 @tool
@@ -85,7 +65,7 @@ def test_langchain_agent_calls_the_tool_and_answers_with_its_result(llm):
 
     calls: list = []
     rec = Recorder()
-    agent = create_agent(llm, tools=[make_square(calls)], middleware=[call_a_tool_first()])
+    agent = create_agent(llm, tools=[make_square(calls)])
     state = agent.invoke({"messages": [("user", QUESTION)]}, config={"callbacks": [rec]})
     assert calls == [12]
     kinds = [type(m).__name__ for m in state["messages"]]
@@ -94,7 +74,7 @@ def test_langchain_agent_calls_the_tool_and_answers_with_its_result(llm):
     assert state["messages"][-1].content == "The answer is \\boxed{144}."
     # Both model turns reported their steps; the draft's tool-call attempt was rejected, the target wrote it.
     assert rec.steps and rec.targets
-    call_step = next(s for s in rec.steps if s["accepted"] and '"x": 12' in s["text"])  # the forced call's arguments
+    call_step = next(s for s in rec.steps if s["accepted"] and '"x": 12' in s["text"])  # the call's arguments
     assert call_step["source"] == "target"
 
 
@@ -102,7 +82,7 @@ async def test_langgraph_agent_streams_step_events_and_tool_runs(llm):
     from langchain.agents import create_agent
 
     calls: list = []
-    agent = create_agent(llm, tools=[make_square(calls)], middleware=[call_a_tool_first()])
+    agent = create_agent(llm, tools=[make_square(calls)])
     names = []
     async for ev in agent.astream_events({"messages": [("user", QUESTION)]}, version="v2"):
         names.append(ev["name"] if ev["event"] == "on_custom_event" else ev["event"])
@@ -226,7 +206,7 @@ async def test_llama_index_function_agent_calls_the_tool(li_events):
     from rsd_integrations.llama_index import RSDLLM, RSDStepEvent, RSDTargetInvocationEvent
 
     calls: list = []
-    agent = FunctionAgent(tools=[li_square(calls)], llm=RSDLLM(max_tokens=200), initial_tool_choice="square")
+    agent = FunctionAgent(tools=[li_square(calls)], llm=RSDLLM(max_tokens=200))
     response = await agent.run(QUESTION)
     assert calls == [12]
     assert str(response) == "The answer is \\boxed{144}."
