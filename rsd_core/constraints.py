@@ -359,13 +359,7 @@ class Grammar:
         if not tools:
             raise ValueError("no tools to call")
         closing = closing if closing is not None else ("\n" if opening.endswith("\n") else "") + "</tool_call>"
-        calls = []
-        for t in tools:
-            fn = t.get("function", t)
-            params = fn.get("parameters") or {"type": "object", "properties": {}}
-            head = _lit(opening + '{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
-            calls.append(Sequence((head, object_node(params), _lit("}" + closing))))
-        return cls(calls[0] if len(calls) == 1 else Choice(tuple(calls)))
+        return cls(_one_of([_call(t, (_lit(opening),), (_lit("}" + closing),)) for t in tools]))
 
     @classmethod
     def text_and_calls(cls, tools: list[dict[str, Any]], opening: str = "<tool_call>") -> Grammar:
@@ -377,15 +371,9 @@ class Grammar:
         """
         if not tools:
             raise ValueError("no tools to call")
-        tag = opening.rstrip("\n")
         newline = Choice((Literal(b""), Literal(b"\n")))
-        calls = []
-        for t in tools:
-            fn = t.get("function", t)
-            params = fn.get("parameters") or {"type": "object", "properties": {}}
-            head = _lit('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
-            calls.append(Sequence((newline, head, object_node(params), _lit("}"), newline, _lit("</tool_call>"))))
-        return cls(TextWithCalls(tag.encode(), calls[0] if len(calls) == 1 else Choice(tuple(calls))))
+        calls = [_call(t, (newline,), (_lit("}"), newline, _lit("</tool_call>"))) for t in tools]
+        return cls(TextWithCalls(opening.rstrip("\n").encode(), _one_of(calls)))
 
     def cursor(self) -> Cursor:
         return Cursor(self.node, frozenset(self.node.first()))
@@ -393,6 +381,18 @@ class Grammar:
     def after(self, text: str) -> Cursor | None:
         """The cursor after ``text`` (the reply so far), or None if ``text`` left the grammar."""
         return self.cursor().feed(text.encode())
+
+
+def _call(tool: dict[str, Any], before: tuple[Node, ...], after: tuple[Node, ...]) -> Sequence:
+    """``{"name": "<tool>", "arguments": {...}`` for one OpenAI-style tool, between ``before`` and ``after``."""
+    fn = tool.get("function", tool)
+    params = fn.get("parameters") or {"type": "object", "properties": {}}
+    head = _lit('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
+    return Sequence((*before, head, object_node(params), *after))
+
+
+def _one_of(nodes: list[Sequence]) -> Node:
+    return nodes[0] if len(nodes) == 1 else Choice(tuple(nodes))
 
 
 @dataclass(frozen=True)
