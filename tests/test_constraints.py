@@ -112,8 +112,8 @@ QUESTIONS = ["What is 12 squared? Use the tool.", "Create a customer named Ann i
              "Call mixed with anything.", "Tell me a joke."]
 
 
-@pytest.mark.parametrize("threshold", [0.0, 0.7, 1.0])  # draft only, RSD, target only
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("threshold, temperature", [(0.0, 1.0), (0.7, 0.0), (0.7, 1.0), (1.0, 0.0)])  # draft only,
+# RSD (greedy and sampled), target only
 def test_every_reply_under_the_grammar_is_a_call_that_fits(toy, threshold, temperature):
     tools = [SQUARE, CUSTOMER, MIXED]
     grammar = Grammar.tool_calls(tools)

@@ -231,7 +231,7 @@ async def test_llama_index_react_agent_reasons_in_the_react_format_and_answers(l
 
     calls: list = []
     agent = ReActAgent(tools=[li_square(calls)], llm=RSDLLM(max_tokens=200))
-    for p in make_problems(3, 777):  # a seed training never uses
+    for p in make_problems(2, 777):  # a seed training never uses
         li_events.clear()
         handler = agent.run(p.question, max_iterations=3)
         outputs = [ev async for ev in handler.stream_events() if isinstance(ev, AgentOutput)]
