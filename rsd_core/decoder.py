@@ -192,7 +192,8 @@ class RewardGuidedDecoder:
             ...     target={"url": "http://127.0.0.1:8002", "model": "Qwen/Qwen2.5-Math-7B-Instruct"},
             ...     reward={"url": "http://127.0.0.1:8003", "model": "Qwen/Qwen2.5-Math-PRM-7B"})
         """
-        from rsd_core.backends.vllm import ServedModel, VLLMGenerator, VLLMRewardModel
+        from rsd_core.backends.vllm import ServedModel, VLLMGenerator
+        from rsd_core.rewards.vllm import VLLMRewardModel
 
         cfg = config or RSDConfig()
         d = VLLMGenerator(draft, step_delimiters=cfg.step_delimiters, pool=concurrency)

@@ -120,8 +120,8 @@ def test_batched_scoring_equals_one_by_one_and_rollback_restores(family_paths, f
 
 def test_step_tag_reward_is_read_at_the_tag(family_paths):
     rm = build("step_tag", family_paths)
-    ids = rm.header_ids(CONV) + rm.step_ids(STEPS[0], 0)
-    assert ids[-1] == rm.tag_id
+    ids = rm.format.header_ids(CONV) + rm.format.step_ids(CONV, [], STEPS[0])
+    assert ids[-1] == rm.format.tag_id
     logits = rm.model(input_ids=torch.tensor([ids])).logits[0, -1]
     rm.start(0, CONV)
     assert rm.score([0], [STEPS[0]])[0] == pytest.approx(torch.softmax(logits, -1)[1].item(), abs=1e-5)
@@ -129,8 +129,8 @@ def test_step_tag_reward_is_read_at_the_tag(family_paths):
 
 def test_value_head_reads_sigmoid_at_the_separator(family_paths):
     rm = build("value_head", family_paths)
-    ids = rm.header_ids(CONV) + rm.step_ids(STEPS[0], 0)
-    assert ids[-1] == rm.sep_id
+    ids = rm.format.header_ids(CONV) + rm.format.step_ids(CONV, [], STEPS[0])
+    assert ids[-1] == rm.format.step_token_id
     value = rm.model(input_ids=torch.tensor([ids])).logits[0, -1, 0]
     rm.start(0, CONV)
     assert rm.score([0], [STEPS[0]])[0] == pytest.approx(torch.sigmoid(value).item(), abs=1e-5)
@@ -174,7 +174,7 @@ def test_outcome_model_scores_the_answer_so_far_and_picks_best_of_n(tiny_paths, 
 
     rm = build("orm", family_paths)
     text = rm.tokenizer.apply_chat_template(CONV + [{"role": "assistant", "content": STEPS[0]}], tokenize=False)
-    logit = rm.model(input_ids=torch.tensor([rm.encode(text)])).logits[0, 0]
+    logit = rm.model(input_ids=torch.tensor([rm.format.encode(text)])).logits[0, 0]
     rm.start(0, CONV)
     assert rm.score([0], [STEPS[0]])[0] == pytest.approx(torch.sigmoid(logit).item(), abs=1e-5)
     dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
@@ -201,8 +201,8 @@ def test_arithmetic_checker_is_exact_and_safe():
 
 def test_likelihood_reward_is_the_smallest_token_probability(family_paths):
     rm = build("likelihood", family_paths)
-    ids = rm.header_ids(CONV)
-    step = rm.step_ids(STEPS[0])
+    ids = rm.format.header_ids(CONV)
+    step = rm.format.step_ids(STEPS[0])
     logp = torch.log_softmax(rm.model(input_ids=torch.tensor([ids + step])).logits[0], -1)
     expected = min(logp[len(ids) - 1 + j, t].exp().item() for j, t in enumerate(step))
     rm.start(0, CONV)

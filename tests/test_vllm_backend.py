@@ -20,10 +20,11 @@ import torch
 from vllm_servers import VLLMServer, free_port, vllm_python
 
 from rsd_core import RewardGuidedDecoder, RSDConfig
-from rsd_core.backends.vllm import VLLMGenerator, VLLMRewardModel
+from rsd_core.backends.vllm import VLLMGenerator
 from rsd_core.errors import BackendUnavailableError, ModelMismatchError
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.rewards import load_reward_model
+from rsd_core.rewards.vllm import VLLMRewardModel
 from rsd_core.toy import toy_model_paths
 
 PY = vllm_python()

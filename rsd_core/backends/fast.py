@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
+from rsd_core.runtime.cached_model import drop_tail
 from rsd_core.sampling import sample_next
 
 
@@ -81,17 +82,6 @@ class FastSeq:
         return len(self.cols)
 
 
-def drop_tail(s: Any, n_remove: int) -> int:
-    """Forget a sequence's newest ``n_remove`` token ids (not its cache); returns how many ids remain."""
-    if n_remove > len(s.ids):
-        raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
-    keep = len(s.ids) - max(0, n_remove)
-    unfed = len(s.ids) - s.n_cached
-    s.own_unfed = max(0, min(s.own_unfed, unfed - max(0, n_remove)))
-    del s.ids[keep:]
-    return keep
-
-
 def fast_path_supported(model: PreTrainedModel) -> bool:
     """Decoder-only models with plain full attention (Qwen2, Llama, Mistral...), no sliding windows."""
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -101,7 +91,7 @@ def fast_path_supported(model: PreTrainedModel) -> bool:
 
 
 class FastCachedModel:
-    """Same interface as ``hf.CachedModel`` (``new``/``append``/``truncate``/``release``/``run``)."""
+    """Same interface as ``runtime.cached_model.CachedModel`` (``new``/``append``/``truncate``/``release``/``run``)."""
 
     BUCKET = 256  # attention length granularity (one captured graph per bucket in use)
 

@@ -8,21 +8,21 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from rsd_core.errors import ModelLoadError, UnknownRewardModelError
+from rsd_core.errors import UnknownRewardModelError
 from rsd_core.rewards.arithmetic import arithmetic_reward
 from rsd_core.rewards.base import RewardModel, question_of
-from rsd_core.rewards.chat_judge import ChatPRM, LLMJudge
+from rsd_core.rewards.chat_judge import ChatPRM, ChatPRMFormat, JudgeFormat, LLMJudge
+from rsd_core.rewards.detect import detect_reward_type
+from rsd_core.rewards.format import PRMFormat
 from rsd_core.rewards.function import FunctionReward
-from rsd_core.rewards.likelihood import LikelihoodPRM
-from rsd_core.rewards.math_shepherd import MathShepherdPRM
-from rsd_core.rewards.outcome import OutcomeRM
-from rsd_core.rewards.step_tag import StepTagPRM
-from rsd_core.rewards.value_head import ValueHeadPRM
+from rsd_core.rewards.likelihood import LikelihoodFormat, LikelihoodPRM
+from rsd_core.rewards.math_shepherd import MathShepherdFormat, MathShepherdPRM
+from rsd_core.rewards.outcome import OutcomeFormat, OutcomeRM
+from rsd_core.rewards.step_tag import StepTagFormat, StepTagPRM
+from rsd_core.rewards.value_head import ValueHeadFormat, ValueHeadPRM
 
 FAMILIES: dict[str, Callable[..., RewardModel]] = {
     "step_tag": StepTagPRM.from_pretrained,  # Qwen2.5-Math-PRM, the toy PRM, *ForTokenClassification
@@ -35,67 +35,10 @@ FAMILIES: dict[str, Callable[..., RewardModel]] = {
 }
 BUILTIN_FUNCTIONS = {"arithmetic": arithmetic_reward}
 
-__all__ = ["FAMILIES", "ChatPRM", "FunctionReward", "LLMJudge", "LikelihoodPRM", "MathShepherdPRM", "OutcomeRM", "RewardModel", "StepTagPRM",
-           "ValueHeadPRM", "arithmetic_reward", "detect_reward_type", "load_reward_model", "question_of"]
-
-
-def _read_config(name_or_path: str) -> dict[str, Any]:
-    local = Path(name_or_path) / "config.json"
-    if local.is_file():
-        return json.loads(local.read_text())
-    if Path(name_or_path).exists():
-        raise ModelLoadError(f"{name_or_path!r} has no config.json: it is not a transformers checkpoint")
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(name_or_path).to_dict()
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"could not read the config of reward model {name_or_path!r}: {e}") from e
-
-
-def _weight_names(name_or_path: str) -> list[str]:
-    local = Path(name_or_path)
-    index = local / "model.safetensors.index.json"
-    if index.is_file():
-        return list(json.loads(index.read_text())["weight_map"])
-    names: list[str] = []
-    for f in local.glob("*.safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(str(f), framework="pt") as st:
-            names += list(st.keys())
-    return names
-
-
-def _vocab_has(name_or_path: str, token: str) -> bool:
-    f = Path(name_or_path) / "tokenizer.json"
-    if not f.is_file():
-        return False
-    text = f.read_text(encoding="utf-8")
-    return f'"{token}"' in text or json.dumps(token) in text
-
-
-def detect_reward_type(name_or_path: str) -> str:
-    """A checkpoint's family, from what it declares (``rsd_reward.type``), its architectures, its weight
-    names and its special tokens."""
-    cfg = _read_config(name_or_path)
-    declared = (cfg.get("rsd_reward") or {}).get("type")
-    if declared:
-        return str(declared)
-    archs = cfg.get("architectures") or []
-    if any(a.endswith("ForTokenClassification") or a.endswith("ForProcessRewardModel") for a in archs):
-        return "step_tag"
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "orm"
-    if any(n.startswith("v_head.") for n in _weight_names(name_or_path)):
-        return "value_head"
-    if any(a.endswith("ForCausalLM") for a in archs) and _vocab_has(name_or_path, "ки"):
-        return "math_shepherd"
-    raise UnknownRewardModelError(
-        f"cannot tell which reward-model family {name_or_path!r} belongs to (architectures={archs}). "
-        f"Supported: {', '.join(sorted(FAMILIES))}. Pass reward_type=... to choose one (chat_prm and llm_judge "
-        "are never guessed), reward='arithmetic', or a Python function (question, previous_steps, step) -> float."
-    )
+__all__ = ["FAMILIES", "ChatPRM", "ChatPRMFormat", "FunctionReward", "JudgeFormat", "LLMJudge", "LikelihoodFormat",
+           "LikelihoodPRM", "MathShepherdFormat", "MathShepherdPRM", "OutcomeFormat", "OutcomeRM", "PRMFormat",
+           "RewardModel", "StepTagFormat", "StepTagPRM", "ValueHeadFormat", "ValueHeadPRM", "arithmetic_reward",
+           "detect_reward_type", "load_reward_model", "question_of"]
 
 
 def load_reward_model(reward: str | RewardModel | Callable[..., float], *, reward_type: str | None = None,
@@ -109,7 +52,7 @@ def load_reward_model(reward: str | RewardModel | Callable[..., float], *, rewar
         return FunctionReward(BUILTIN_FUNCTIONS[reward], name=reward)
     if not isinstance(reward, str):
         raise TypeError(f"reward must be a model id/path, a RewardModel or a callable, got {type(reward).__name__}")
-    kind = reward_type or detect_reward_type(reward)
+    kind = reward_type or detect_reward_type(reward, kwargs.get("revision"))
     if kind not in FAMILIES:
         raise UnknownRewardModelError(f"unknown reward_type {kind!r}; supported: {', '.join(sorted(FAMILIES))}")
     return FAMILIES[kind](reward, **kwargs)

@@ -16,21 +16,43 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM
 
-from rsd_core.backends.hf import CachedModel, load_pretrained, pop_load_kwargs
 from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel, question_of
+from rsd_core.runtime.cached_model import CachedModel
+from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+
+
+class LikelihoodFormat:
+    """The chat-formatted question, then the steps as written; the reward aggregates the step's token log-probs."""
+
+    def __init__(self, tokenizer: Any, aggregate: Literal["min", "geomean"] = "min"):
+        if aggregate not in ("min", "geomean"):
+            raise ValueError(f"aggregate must be 'min' or 'geomean', got {aggregate!r}")
+        self.tokenizer, self.aggregate = tokenizer, aggregate
+
+    def header_ids(self, conversation: Conversation) -> list[int]:
+        msgs = [{"role": "user", "content": question_of(conversation)}]
+        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def step_ids(self, step: str) -> list[int]:
+        return list(self.tokenizer(step, add_special_tokens=False).input_ids)
+
+    def reward(self, logp: torch.Tensor) -> float:
+        """The reward from the log-probabilities of a step's tokens."""
+        if logp.numel() == 0:
+            return 1.0
+        return float(logp.min().exp() if self.aggregate == "min" else logp.mean().exp())
 
 
 class LikelihoodPRM(RewardModel):
     def __init__(self, model: Any, tokenizer: Any, aggregate: Literal["min", "geomean"] = "min",
                  name: str | None = None):
-        if aggregate not in ("min", "geomean"):
-            raise ValueError(f"aggregate must be 'min' or 'geomean', got {aggregate!r}")
+        self.format = LikelihoodFormat(tokenizer, aggregate)
         self.model, self.tokenizer, self.aggregate = model, tokenizer, aggregate
         self.name = name or getattr(model, "name_or_path", "likelihood PRM")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        # model=None: the family's input layout only (a server scores it; see backends/vllm.py)
-        self.cached: CachedModel = CachedModel(model, pad or 0, keep_last_logits_only=False) if model is not None else None  # type: ignore[assignment]
+        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False)
         self._last: dict[int, list[torch.Tensor]] = {}  # per sequence: log-probs after each prefix
         self._lens: dict[int, list[int]] = {}
 
@@ -43,22 +65,9 @@ class LikelihoodPRM(RewardModel):
             kwargs["aggregate"] = declared["aggregate"]
         return cls(model, tok, name=name_or_path, **kwargs)
 
-    def header_ids(self, conversation: Conversation) -> list[int]:
-        msgs = [{"role": "user", "content": question_of(conversation)}]
-        text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def step_ids(self, step: str) -> list[int]:
-        return self.tokenizer(step, add_special_tokens=False).input_ids
-
     def start(self, seq: int, conversation: Conversation) -> None:
-        self.cached.new(seq, self.header_ids(conversation))
+        self.cached.new(seq, self.format.header_ids(conversation))
         self._last[seq], self._lens[seq] = [], []
-
-    def _reward(self, logp: torch.Tensor) -> float:
-        if logp.numel() == 0:
-            return 1.0
-        return float(logp.min().exp() if self.aggregate == "min" else logp.mean().exp())
 
     @torch.inference_mode()
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
@@ -66,7 +75,7 @@ class LikelihoodPRM(RewardModel):
             return []
         new = []
         for s, text in zip(seqs, steps):
-            ids = self.step_ids(text)
+            ids = self.format.step_ids(text)
             self.cached.append(s, ids)
             self.cached.count_scored(s, len(ids))
             self._lens[s].append(len(ids))
@@ -83,7 +92,7 @@ class LikelihoodPRM(RewardModel):
             before = torch.cat([self._last[s][-1][None], logp[i, N - n: N - 1]])
             token_logp = before.gather(-1, torch.tensor(ids, device=logp.device)[:, None]).squeeze(-1)
             self._last[s].append(logp[i, -1])
-            out.append(self._reward(token_logp))
+            out.append(self.format.reward(token_logp))
         return out
 
     def rollback(self, seqs: list[int]) -> None:
@@ -102,15 +111,15 @@ class LikelihoodPRM(RewardModel):
 
     @torch.inference_mode()
     def score_solution(self, conversation: Conversation, steps: list[str]) -> list[float]:
-        ids = self.header_ids(conversation)
+        ids = self.format.header_ids(conversation)
         spans = []
         for st in steps:
-            s_ids = self.step_ids(st)
+            s_ids = self.format.step_ids(st)
             spans.append((len(ids), s_ids))
             ids = ids + s_ids
         logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids], device=self.cached.device)).logits[0].float(), -1)
         out = []
         for start, s_ids in spans:
             t = torch.tensor(s_ids, device=logp.device)
-            out.append(self._reward(logp[start - 1: start - 1 + len(s_ids)].gather(-1, t[:, None]).squeeze(-1)))
+            out.append(self.format.reward(logp[start - 1: start - 1 + len(s_ids)].gather(-1, t[:, None]).squeeze(-1)))
         return out

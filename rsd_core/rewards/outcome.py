@@ -13,18 +13,35 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
 from rsd_core.rewards.base import Conversation, question_of
+from rsd_core.rewards.format import MARKER, PRMFormat, split_at_marker
 from rsd_core.rewards.incremental import IncrementalPRM
+from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+
+
+class OutcomeFormat(PRMFormat):
+    def __init__(self, tokenizer: Any):
+        super().__init__(tokenizer)
+        # what ends an assistant turn in this template
+        self._close = split_at_marker(tokenizer, [{"role": "user", "content": "q"},
+                                                  {"role": "assistant", "content": MARKER}])[1]
+
+    def header_ids(self, conversation: Conversation) -> list[int]:
+        msgs = [{"role": "user", "content": question_of(conversation)}]
+        return self.encode(self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+    def step_ids(self, conversation: Conversation, previous: list[str], step: str) -> list[int]:
+        return self.encode(step)
+
+    def query_ids(self, conversation: Conversation, previous: list[str], step: str) -> list[int]:
+        return self.encode(self._close)
+
+    def reward_from(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output[:, 0]) if output.shape[-1] == 1 else torch.softmax(output, -1)[:, 1]
 
 
 class OutcomeRM(IncrementalPRM):
-    def __init__(self, model: Any, tokenizer: Any, name: str | None = None):
-        super().__init__(model, tokenizer, name)
-        marker = "\x00RSD\x00"
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}],
-                                             tokenize=False)
-        self._close = text.split(marker, 1)[1]  # what ends an assistant turn in this template
+    format: OutcomeFormat
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> OutcomeRM:
@@ -32,17 +49,4 @@ class OutcomeRM(IncrementalPRM):
         model, tok = load_pretrained(AutoModelForSequenceClassification, name_or_path, **load_kw)
         if model.config.pad_token_id is None:  # it pools at the last non-pad token
             model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(model, tok, name=name_or_path, **kwargs)
-
-    def header_ids(self, conversation: Conversation) -> list[int]:
-        msgs = [{"role": "user", "content": question_of(conversation)}]
-        return self.encode(self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-
-    def step_ids(self, step: str, index: int) -> list[int]:
-        return self.encode(step)
-
-    def query_ids(self, step: str) -> list[int]:
-        return self.encode(self._close)
-
-    def reward_from(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[:, 0]) if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, 1]
+        return cls(OutcomeFormat(tok, **kwargs), model, name=name_or_path)

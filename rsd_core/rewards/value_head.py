@@ -1,97 +1,81 @@
-"""Value-head PRMs: Skywork-o1-Open-PRM-Qwen-2.5-1.5B / -7B.
+"""Value-head PRMs: Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B and -7B (the RSD paper's PRM).
 
-A Qwen2 backbone plus a linear value head (``v_head``). Input: bos + question + ``"\\n"``, then each step's
-tokens followed by the step separator (``"\\n"``); the reward of a step is the sigmoid of the value at its
-separator. Loaded with plain transformers: the backbone with ``AutoModel`` and the ``v_head.*`` weights
-read from the checkpoint's safetensors, so no remote code runs.
+Skywork's reference (``prepare_input`` in its PRM inference code): ``encode(bos_token + problem + "\\n")``
+(its bos is ``<|im_start|>``), then for each piece of ``response.split(step_token)``: ``encode(piece)``
+plus the step token's id (``encode(step_token)[-1]``), pieces not stripped. The reward at each step
+token is ``sigmoid(v_head.summary(h))``.
+
+``step_token``: ``"\\n"`` by default, as Skywork's card and search-and-learn score; the RSD paper's own
+code passes its step delimiter, ``"\\n\\n"``: use that to reproduce the paper. An RSD step is split the
+same way; its reward is read at the step token that closes it (with ``"\\n"``, a step of several
+lines is the last line's value, the earlier lines sit in the prefix). A step that does not end with
+the step token (the last one, or one cut by the token budget) is closed with one, as the reference
+closes the response's last piece.
+
+Loading: the hub checkpoints ship only ``pytorch_model.bin`` and declare ``Qwen2ForPrmModel``, which
+transformers does not know; the backbone and ``v_head.summary`` load natively (``rewards/heads.py``)
+from ``.bin`` (``weights_only``) or safetensors. No remote code runs.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from transformers import AutoModel
-from transformers.modeling_outputs import TokenClassifierOutput
+from transformers import AutoConfig
 
-from rsd_core.backends.hf import load_pretrained, pop_load_kwargs
-from rsd_core.errors import ModelLoadError
 from rsd_core.rewards.base import Conversation, question_of
-from rsd_core.rewards.incremental import IncrementalPRM, token_id
+from rsd_core.rewards.format import PRMFormat
+from rsd_core.rewards.heads import VALUE_HEAD_KEY_MAPPING, value_head
+from rsd_core.rewards.incremental import IncrementalPRM
+from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+
+SKYWORK_STEP_TOKEN = "\n"  # the model card's; "\n\n" reproduces the RSD paper's runs
 
 
-class ValueHeadModel(torch.nn.Module):
-    """Backbone + value head, with the causal-LM call signature (``logits`` = values, [B, T, 1])."""
+class ValueHeadFormat(PRMFormat):
+    """bos + question + ``"\\n"``, then each piece of a step and the step token; the value at the last one.
 
-    def __init__(self, backbone: Any, v_head: torch.nn.Linear):
-        super().__init__()
-        self.backbone, self.v_head = backbone, v_head
-        self.config = backbone.config
+    Args:
+        step_token: what separates steps for the PRM (``"\\n"``, the card's; ``"\\n\\n"``, the paper's).
+    """
 
-    def get_input_embeddings(self) -> Any:
-        return self.backbone.get_input_embeddings()
+    def __init__(self, tokenizer: Any, step_token: str = SKYWORK_STEP_TOKEN):
+        super().__init__(tokenizer)
+        if not step_token:
+            raise ValueError("step_token must be a non-empty string (Skywork's card uses '\\n')")
+        self.step_token = step_token
+        self.step_token_id = int(tokenizer(step_token).input_ids[-1])  # as the reference: encode(step_token)[-1]
 
-    def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> TokenClassifierOutput:
-        hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state
-        return TokenClassifierOutput(logits=self.v_head(hidden.to(self.v_head.weight.dtype)))
+    def header_ids(self, conversation: Conversation) -> list[int]:
+        bos = self.tokenizer.bos_token or ""
+        return list(self.tokenizer(bos + question_of(conversation) + "\n").input_ids)
 
+    def step_ids(self, conversation: Conversation, previous: list[str], step: str) -> list[int]:
+        pieces = step.split(self.step_token)
+        if len(pieces) > 1 and pieces[-1] == "":
+            pieces.pop()  # the step ends with the token: what follows it starts the next step's piece
+        ids: list[int] = []
+        for piece in pieces:
+            ids += list(self.tokenizer(piece).input_ids) + [self.step_token_id]
+        return ids
 
-def _checkpoint_files(path: str) -> list[Path]:
-    local = Path(path)
-    if not local.is_dir():
-        from huggingface_hub import snapshot_download
-
-        local = Path(snapshot_download(path, allow_patterns=["*.safetensors", "*.json"]))
-    index = local / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({local / f for f in json.loads(index.read_text())["weight_map"].values()})
-    return sorted(local.glob("*.safetensors"))
-
-
-def load_v_head(path: str, hidden: int) -> torch.nn.Linear:
-    """The value head's weights, under ``v_head.summary.*`` (TRL style) or ``v_head.*``."""
-    tensors: dict[str, torch.Tensor] = {}
-    for f in _checkpoint_files(path):
-        with safe_open(str(f), framework="pt") as st:
-            for k in st.keys():
-                if k.startswith("v_head."):
-                    tensors[k.removeprefix("v_head.").removeprefix("summary.")] = st.get_tensor(k)
-    if "weight" not in tensors:
-        raise ModelLoadError(f"{path!r} has no v_head.* weights in its safetensors: not a value-head PRM "
-                             "(choose another reward_type)")
-    w = tensors["weight"].reshape(-1, hidden)
-    head = torch.nn.Linear(hidden, w.shape[0], bias="bias" in tensors)
-    with torch.no_grad():
-        head.weight.copy_(w)
-        if "bias" in tensors:
-            head.bias.copy_(tensors["bias"].reshape(-1))
-    return head
+    def reward_from(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(output[:, 0])
 
 
 class ValueHeadPRM(IncrementalPRM):
-    def __init__(self, model: Any, tokenizer: Any, step_separator: str = "\n", name: str | None = None):
-        super().__init__(model, tokenizer, name)
-        self.sep_id = token_id(tokenizer, step_separator, "the step separator")
+    """A value-head PRM on a local transformers model (see the module docstring for the procedure)."""
+
+    format: ValueHeadFormat
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> ValueHeadPRM:
         load_kw = pop_load_kwargs(kwargs)
-        load_kw["trust_remote_code"] = False  # the head is read as plain weights
-        backbone, tok = load_pretrained(AutoModel, name_or_path, **load_kw)
-        head = load_v_head(name_or_path, backbone.config.hidden_size)
-        head = head.to(device=backbone.get_input_embeddings().weight.device,
-                       dtype=backbone.get_input_embeddings().weight.dtype)
-        return cls(ValueHeadModel(backbone, head).eval(), tok, name=name_or_path, **kwargs)
-
-    def header_ids(self, conversation: Conversation) -> list[int]:
-        bos = self.tokenizer.bos_token or ""
-        return self.encode(bos + question_of(conversation) + "\n")
-
-    def step_ids(self, step: str, index: int) -> list[int]:
-        return self.encode(step.strip()) + [self.sep_id]
-
-    def reward_from(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[:, 0])
+        load_kw["trust_remote_code"] = False  # the head is plain weights: no code of the checkpoint's runs
+        config = AutoConfig.from_pretrained(name_or_path, revision=load_kw.get("revision"))
+        model, tok = load_pretrained(value_head(config), name_or_path, key_mapping=VALUE_HEAD_KEY_MAPPING, **load_kw)
+        declared = getattr(model.config, "rsd_reward", None) or {}
+        if "step_token" in declared and "step_token" not in kwargs:
+            kwargs["step_token"] = declared["step_token"]
+        return cls(ValueHeadFormat(tok, **kwargs), model, name=name_or_path)

@@ -1,0 +1,164 @@
+"""Loading a model and its tokenizer exactly as transformers does, with errors a user can act on.
+
+One place for it: every backend and every reward family loads through ``load_pretrained``. A loaded
+model never runs with a weight it did not find in the checkpoint: a missing or mismatched weight (a
+head the checkpoint names differently, a truncated file) is a ``ModelLoadError`` naming the weights,
+never a randomly initialised layer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel
+
+from rsd_core.errors import ModelLoadError
+from rsd_core.runtime.checkpoints import looks_like_path, metadata_dir, needs_sentencepiece
+
+LOAD_OPTIONS = ("device_map", "dtype", "trust_remote_code", "revision")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device_map: Any) -> str | torch.dtype:
+    """``"auto"`` keeps the checkpoint's dtype on accelerators but uses fp32 on CPU (fp16 is slow there)."""
+    if dtype in (None, "auto"):
+        on_cpu = device_map in (None, "cpu") or (isinstance(device_map, torch.device) and device_map.type == "cpu")
+        return torch.float32 if on_cpu else "auto"
+    if isinstance(dtype, str):
+        try:
+            return getattr(torch, dtype) if dtype != "auto" else dtype
+        except AttributeError:
+            raise ValueError(f"unknown dtype {dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'") from None
+    return dtype
+
+
+def pop_load_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Take the ``from_pretrained`` options (device_map, dtype, trust_remote_code, revision) out of ``kwargs``."""
+    return {k: kwargs.pop(k) for k in LOAD_OPTIONS if k in kwargs}
+
+
+def require_gguf(name: str) -> None:
+    """transformers reads GGUF through the ``gguf`` package: say so before it fails deep inside."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelLoadError(f"{name!r} is a GGUF checkpoint: install the 'gguf' package to load it (pip install gguf)")
+
+
+def require_sentencepiece(name: str, folder: Path) -> None:
+    """A tokenizer shipped only as ``tokenizer.model`` is converted by transformers with sentencepiece and
+    protobuf; without them it falls back to another parser and fails on the binary file."""
+    if not needs_sentencepiece(folder):
+        return
+    missing = [pkg for pkg, mod in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+               if _missing_module(mod)]
+    if missing:
+        raise ModelLoadError(f"{name!r} ships its tokenizer only as a SentencePiece tokenizer.model: install "
+                             f"{' and '.join(missing)} to load it (pip install 'rsd[sentencepiece]')")
+
+
+def _missing_module(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is None
+    except ModuleNotFoundError:
+        return True
+
+
+def check_local_checkpoint(path: Path) -> None:
+    """A folder holding a readable ``config.json``, or ``ModelLoadError`` saying what is wrong."""
+    import json
+
+    if not path.is_dir():
+        raise ModelLoadError(f"{str(path)!r} is a file; a checkpoint is a folder with config.json and weights, "
+                             "or a .gguf file")
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"{str(path)!r} has no config.json: it is not a transformers checkpoint")
+    try:
+        json.loads(cfg.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{str(cfg)!r} is not valid JSON ({e}): the checkpoint is damaged") from None
+
+
+def head_modules(model: torch.nn.Module) -> set[str]:
+    """Top-level modules outside the backbone (``score``, ``v_head``, ``lm_head``...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return {name for name, _ in model.named_children() if name != prefix}
+
+
+def check_loading_info(name: str, model: torch.nn.Module, info: dict[str, Any]) -> None:
+    """Refuse a model that would run with weights the checkpoint did not provide."""
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys") or [])
+    heads = head_modules(model)
+    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if k.split(".", 1)[0] in heads)
+    problems = []
+    if missing:
+        problems.append(f"missing from the checkpoint: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+    if mismatched:
+        problems.append(f"of another shape in the checkpoint: {', '.join(mismatched[:8])}")
+    if unexpected:
+        problems.append(f"in the checkpoint but not in {type(model).__name__}: {', '.join(unexpected[:8])}")
+    if problems:
+        raise ModelLoadError(
+            f"{name!r} does not fit {type(model).__name__}: weights {'; '.join(problems)}. Loading it would "
+            "leave those layers randomly initialised; is this the right checkpoint (or reward_type) for this model?")
+
+
+def load_pretrained(
+    auto_cls: Any,
+    name_or_path: str,
+    *,
+    device_map: Any = None,
+    dtype: str | torch.dtype | None = "auto",
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **kwargs: Any,
+) -> tuple[PreTrainedModel, Any]:
+    """Model and tokenizer exactly as transformers loads them (hub id or local path), with a clear error.
+
+    A local path is checked first and never looked up on the hub (a typo must not turn into a download).
+    A hub id goes through ``huggingface_hub`` (its cache, ``revision``, ``HF_HUB_OFFLINE``).
+    A local ``.gguf`` file loads as transformers loads GGUF (``gguf_file=``; needs the ``gguf`` package):
+    the weights are de-quantized, the tokenizer and chat template come from the file.
+
+    Example:
+        >>> model, tok = load_pretrained(AutoModelForCausalLM, "path/to/ckpt")   # doctest: +SKIP
+    """
+    shown, local = name_or_path, Path(name_or_path).expanduser()
+    gguf = local.is_file() and local.suffix == ".gguf"
+    if local.exists():
+        if gguf:
+            name_or_path, kwargs["gguf_file"] = str(local.parent), local.name
+        else:
+            check_local_checkpoint(local)
+            name_or_path = str(local)
+        kwargs.setdefault("local_files_only", True)
+    elif looks_like_path(name_or_path):
+        raise ModelLoadError(f"{shown!r}: no such file or directory (a hub id has the form 'org/name')")
+    if kwargs.get("gguf_file"):
+        require_gguf(shown)
+    else:
+        require_sentencepiece(shown, metadata_dir(name_or_path, revision))
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision,
+                                            local_files_only=kwargs.get("local_files_only", False),
+                                            gguf_file=kwargs.get("gguf_file"))
+        loaded = auto_cls.from_pretrained(
+            name_or_path,
+            device_map=device_map,
+            dtype=resolve_dtype(dtype, device_map),
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            use_safetensors=kwargs.pop("use_safetensors", None),
+            output_loading_info=True,
+            **kwargs,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        # (pickle checkpoints load with weights_only=True: one that holds code fails here, unrun)
+        raise ModelLoadError(f"could not load {shown!r} with {auto_cls.__name__}: {e}") from e
+    model, info = loaded
+    check_loading_info(shown, model, info)
+    model.eval()
+    return model, tok
