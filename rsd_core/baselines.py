@@ -13,10 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import torch
@@ -155,6 +156,23 @@ def _quiet_generate(model: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         hf_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def _same_vocabulary(draft: Any, target: Any, same_tokenizer: bool) -> Iterator[None]:
+    """One tokenizer, embedding tables padded to different sizes (Qwen2.5-Math-1.5B has 151936 rows, -7B
+    152064): the ids mean the same to both models, so assisted generation on ids is exact, but transformers
+    compares the configs' vocab sizes and asks for text re-tokenization. Align the draft's for the call."""
+    d_cfg, t_cfg = draft.config.get_text_config(), target.config.get_text_config()
+    if not same_tokenizer or d_cfg.vocab_size == t_cfg.vocab_size:
+        yield
+        return
+    saved = d_cfg.vocab_size
+    d_cfg.vocab_size = t_cfg.vocab_size
+    try:
+        yield
+    finally:
+        d_cfg.vocab_size = saved
+
+
 def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], config: RSDConfig | None = None,
                          num_assistant_tokens: int | None = None) -> list[RSDResult]:
     """Token-level speculative decoding (transformers' assisted generation): the draft proposes tokens,
@@ -194,8 +212,9 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
             t0 = time.perf_counter()
             try:
                 x = torch.tensor([ids], device=target.device)
-                seq = _quiet_generate(target, x, attention_mask=torch.ones_like(x), assistant_model=draft,
-                                      generation_config=gen_cfg, **extra)[0, len(ids):].tolist()
+                with _same_vocabulary(draft, target, dec.same_tokenizer):
+                    seq = _quiet_generate(target, x, attention_mask=torch.ones_like(x), assistant_model=draft,
+                                          generation_config=gen_cfg, **extra)[0, len(ids):].tolist()
             finally:
                 for log in logs:
                     log.close()

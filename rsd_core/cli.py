@@ -24,6 +24,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", help="target model id or local path")
     g.add_argument("--reward", help="PRM id or local path")
     g.add_argument("--reward-type", help="reward-model family, when it cannot be detected")
+    g.add_argument("--reward-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the reward family's format, VALUE as JSON or plain text "
+                        "(e.g. step_token='\"\\n\\n\"' for Skywork's PRM as the RSD paper ran it); repeatable")
     g.add_argument("--device-map", default=None, help="as in transformers (e.g. auto, cuda:0, cpu)")
     g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     g.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a checkpoint")
@@ -45,12 +48,26 @@ def _config(a: argparse.Namespace) -> RSDConfig:
                      target_sampling=s, seed=a.seed)
 
 
+def _reward_options(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"rsd: --reward-option takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def _decoder(a: argparse.Namespace, cfg: RSDConfig):
     from rsd_core.decoder import RewardGuidedDecoder
 
     return RewardGuidedDecoder.from_pretrained(a.draft, a.target, a.reward, config=cfg, device_map=a.device_map,
                                                dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                                               reward_type=a.reward_type)
+                                               reward_type=a.reward_type,
+                                               reward_options=_reward_options(a.reward_option))
 
 
 def _fmt_flops(x: float) -> str:
@@ -133,7 +150,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
             path.unlink()
         meta = {"dataset": a.dataset, "data_file": a.data_file, "split": a.split,
                 "fields": [a.question_field, a.answer_field], "prompt_style": a.prompt_style,
-                "models": {"draft": a.draft, "target": a.target, "reward": a.reward, "reward_type": a.reward_type},
+                "models": {"draft": a.draft, "target": a.target, "reward": a.reward, "reward_type": a.reward_type,
+                           "reward_options": _reward_options(a.reward_option)},
                 "config": cfg.model_dump(mode="json")}
         records = RecordStore(path, meta)
         if records.records:

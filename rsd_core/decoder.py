@@ -144,10 +144,13 @@ class RewardGuidedDecoder:
         dtype: Any = "auto",
         trust_remote_code: bool = False,
         reward_type: str | None = None,
+        reward_options: dict[str, Any] | None = None,
     ) -> RewardGuidedDecoder:
         """Load the three models by hub id or local path, as transformers does.
 
         With nothing named, the embedded toy trio that ships in the package (CPU, no download).
+        ``reward_options`` go to the reward family's format (``step_token="\n\n"`` for Skywork's PRM
+        as the RSD paper ran it, ``system_prompt=...`` for a step-tag PRM; see docs/reward-models.md).
         """
         from rsd_core.backends.hf import HFGenerator
         from rsd_core.toy import toy_model_paths
@@ -168,7 +171,8 @@ class RewardGuidedDecoder:
 
             r: RewardModel | None = LLMJudge(t.model, t.tokenizer, name=f"{target} (judge)")
         else:
-            r = load_reward_model(reward, reward_type=reward_type, **kw) if reward is not None else None
+            r = load_reward_model(reward, reward_type=reward_type, **kw, **(reward_options or {})) \
+                if reward is not None else None
         return cls(d, t, r, cfg)
 
     @classmethod

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from replicas import checkpoints as rep
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from rsd_core.errors import ModelLoadError
@@ -25,8 +26,6 @@ from rsd_core.rewards import (
     detect_reward_type,
     load_reward_model,
 )
-
-from replicas import checkpoints as rep
 
 QUESTION = "Janet has 12 apples. She buys 5 more, then gives away 3. How many apples does she have now?"
 # What the decoder hands the PRM: steps as written, each ending with the "\n\n" delimiter but the last;
@@ -326,7 +325,6 @@ def test_replica_tokenizers_are_the_real_vocabularies(qwen_prm, shepherd):
     same ranks) and Mistral's SentencePiece model."""
     import sentencepiece
     import tiktoken
-
     from replicas.tokenizers import QWEN2_PATTERN, qwen_ranks
 
     enc = tiktoken.Encoding("qwen2", pat_str=QWEN2_PATTERN, mergeable_ranks=qwen_ranks(), special_tokens={})
