@@ -336,3 +336,14 @@ def test_replica_tokenizers_are_the_real_vocabularies(qwen_prm, shepherd):
     mistral = AutoTokenizer.from_pretrained(shepherd)
     for text in STEPS + [QUESTION]:
         assert mistral(text).input_ids == [1] + sp.encode(text)
+
+
+def test_reward_options_reach_the_family_from_the_decoder_and_the_cli(skywork, tiny_paths):
+    from rsd_core import RewardGuidedDecoder
+    from rsd_core.cli import _reward_options
+
+    assert _reward_options(['step_token="\\n\\n"', "system_prompt=plain text"]) == {
+        "step_token": "\n\n", "system_prompt": "plain text"}
+    dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"],
+                                              str(skywork[("1.5B", "bin")]), reward_options={"step_token": "\n\n"})
+    assert dec.reward.format.step_token == "\n\n"

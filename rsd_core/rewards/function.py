@@ -20,7 +20,7 @@ RewardFn = Callable[[str, list[str], str], float]
 class FunctionReward(RewardModel):
     def __init__(self, fn: RewardFn, name: str | None = None):
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "function reward")
+        self.name = str(name or getattr(fn, "__name__", "function reward"))
         self._q: dict[int, str] = {}
         self._steps: dict[int, list[str]] = {}
 

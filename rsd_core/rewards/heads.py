@@ -28,7 +28,8 @@ def _backbone_class(config: PretrainedConfig, what: str) -> type[PreTrainedModel
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     try:
-        return MODEL_MAPPING[type(config)]  # type: ignore[no-any-return]
+        cls: type[PreTrainedModel] = MODEL_MAPPING[type(config)]  # type: ignore[assignment]
+        return cls
     except KeyError:
         raise ModelLoadError(f"no transformers backbone for model_type {config.model_type!r}, so the {what} cannot "
                              "be loaded natively; pass trust_remote_code=True to use the checkpoint's own class") from None
@@ -70,7 +71,7 @@ def _with_head(config: PretrainedConfig, what: str, head_name: str, build: Any, 
     base = backbone_cls.__mro__[1]  # the family's *PreTrainedModel: its weight init and base_model_prefix
 
     def __init__(self: Any, cfg: PretrainedConfig) -> None:
-        base.__init__(self, cfg)
+        base.__init__(self, cfg)  # type: ignore[misc]  # the family's base, as its own classes call it
         setattr(self, self.base_model_prefix, backbone_cls(cfg))
         setattr(self, head_name, build(cfg))
         self.post_init()

@@ -31,7 +31,7 @@ class IncrementalPRM(RewardModel):
 
     def __init__(self, fmt: PRMFormat, model: Any, name: str | None = None):
         self.format, self.model, self.tokenizer = fmt, model, fmt.tokenizer
-        self.name = name or getattr(model, "name_or_path", type(self).__name__)
+        self.name = str(name or getattr(model, "name_or_path", type(self).__name__))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(self.tokenizer, "eos_token_id", None)
         self.cached = CachedModel(model, pad or 0, keep_last_logits_only=True)

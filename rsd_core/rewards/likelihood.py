@@ -50,7 +50,7 @@ class LikelihoodPRM(RewardModel):
                  name: str | None = None):
         self.format = LikelihoodFormat(tokenizer, aggregate)
         self.model, self.tokenizer, self.aggregate = model, tokenizer, aggregate
-        self.name = name or getattr(model, "name_or_path", "likelihood PRM")
+        self.name = str(name or getattr(model, "name_or_path", "likelihood PRM"))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False)
         self._last: dict[int, list[torch.Tensor]] = {}  # per sequence: log-probs after each prefix
