@@ -167,9 +167,10 @@ class RewardGuidedDecoder:
         t = HFGenerator(d.model, d.tokenizer, name=target, step_delimiters=cfg.step_delimiters) if target == draft \
             else HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
         if reward_type == "llm_judge" and reward == target:  # the loaded target judges: no third model
-            from rsd_core.rewards import LLMJudge
+            from rsd_core.rewards import JudgeFormat, LLMJudge
 
-            r: RewardModel | None = LLMJudge(t.model, t.tokenizer, name=f"{target} (judge)")
+            r: RewardModel | None = LLMJudge(JudgeFormat(t.tokenizer, **(reward_options or {})), t.model,
+                                             name=f"{target} (judge)")
         else:
             r = load_reward_model(reward, reward_type=reward_type, **kw, **(reward_options or {})) \
                 if reward is not None else None

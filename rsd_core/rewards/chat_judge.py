@@ -14,12 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.format import MARKER, PRMFormat, render_chat, split_at_marker, token_id
 from rsd_core.rewards.incremental import IncrementalPRM
-from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 
 
 def _pair_prob(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
@@ -63,12 +61,7 @@ class ChatPRMFormat(PRMFormat):
 
 class ChatPRM(IncrementalPRM):
     format: ChatPRMFormat
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> ChatPRM:
-        load_kw = pop_load_kwargs(kwargs)
-        model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
-        return cls(ChatPRMFormat(tok, **kwargs), model, name=name_or_path)
+    format_class = ChatPRMFormat
 
 
 DEFAULT_JUDGE_PROMPT = (
@@ -115,13 +108,8 @@ class JudgeFormat(PRMFormat):
 
 
 class LLMJudge(IncrementalPRM):
+    """``LLMJudge.from_pretrained(path)``, or ``LLMJudge(JudgeFormat(tokenizer), model)`` around a model already
+    loaded (the decoder does that to let the target judge)."""
+
     format: JudgeFormat
-
-    def __init__(self, model: Any, tokenizer: Any, name: str | None = None, **options: Any):
-        super().__init__(JudgeFormat(tokenizer, **options), model, name)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> LLMJudge:
-        load_kw = pop_load_kwargs(kwargs)
-        model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
-        return cls(model, tok, name=name_or_path, **kwargs)
+    format_class = JudgeFormat

@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel
 from rsd_core.rewards.format import PRMFormat
 from rsd_core.runtime.cached_model import CachedModel
+from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 
 
 class IncrementalPRM(RewardModel):
@@ -29,6 +31,9 @@ class IncrementalPRM(RewardModel):
         [0.97]
     """
 
+    format_class: type[PRMFormat]  # the family's format; its options are ``from_pretrained``'s keywords
+    auto_class: Any = AutoModelForCausalLM  # how the family's checkpoints load
+
     def __init__(self, fmt: PRMFormat, model: Any, name: str | None = None):
         self.format, self.model, self.tokenizer = fmt, model, fmt.tokenizer
         self.name = str(name or getattr(model, "name_or_path", type(self).__name__))
@@ -38,6 +43,13 @@ class IncrementalPRM(RewardModel):
         self._conv: dict[int, Conversation] = {}
         self._steps: dict[int, list[str]] = {}
         self._lens: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> Any:
+        """Load the family's checkpoint (hub id or local path); other keywords are the format's options."""
+        load_kw = pop_load_kwargs(kwargs)
+        model, tok = load_pretrained(cls.auto_class, name_or_path, **load_kw)
+        return cls(cls.format_class(tok, **kwargs), model, name=name_or_path)
 
     def start(self, seq: int, conversation: Conversation) -> None:
         self.cached.new(seq, self.format.header_ids(conversation))

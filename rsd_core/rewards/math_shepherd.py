@@ -21,12 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.format import PRMFormat, token_id
 from rsd_core.rewards.incremental import IncrementalPRM
-from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 
 
 class MathShepherdFormat(PRMFormat):
@@ -69,9 +67,4 @@ class MathShepherdPRM(IncrementalPRM):
     """A Math-Shepherd PRM on a local transformers model (see the module docstring for the procedure)."""
 
     format: MathShepherdFormat
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> MathShepherdPRM:
-        load_kw = pop_load_kwargs(kwargs)
-        model, tok = load_pretrained(AutoModelForCausalLM, name_or_path, **load_kw)
-        return cls(MathShepherdFormat(tok, **kwargs), model, name=name_or_path)
+    format_class = MathShepherdFormat

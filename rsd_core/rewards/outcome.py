@@ -16,7 +16,6 @@ from transformers import AutoModelForSequenceClassification
 from rsd_core.rewards.base import Conversation, question_of
 from rsd_core.rewards.format import MARKER, PRMFormat, split_at_marker
 from rsd_core.rewards.incremental import IncrementalPRM
-from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 
 
 class OutcomeFormat(PRMFormat):
@@ -42,11 +41,11 @@ class OutcomeFormat(PRMFormat):
 
 class OutcomeRM(IncrementalPRM):
     format: OutcomeFormat
+    format_class = OutcomeFormat
+    auto_class = AutoModelForSequenceClassification
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> OutcomeRM:
-        load_kw = pop_load_kwargs(kwargs)
-        model, tok = load_pretrained(AutoModelForSequenceClassification, name_or_path, **load_kw)
+    def __init__(self, fmt: OutcomeFormat, model: Any, name: str | None = None):
+        tok = fmt.tokenizer
         if model.config.pad_token_id is None:  # it pools at the last non-pad token
             model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return cls(OutcomeFormat(tok, **kwargs), model, name=name_or_path)
+        super().__init__(fmt, model, name)
