@@ -43,6 +43,7 @@ from rsd_core.events import (
 )
 from rsd_core.messages import validate_messages
 from rsd_core.rewards import RewardModel, load_reward_model
+from rsd_core.rewards.base import checked_rewards
 from rsd_core.weighting import Weighting
 
 Mode = Literal["rsd", "draft", "target"]
@@ -342,8 +343,7 @@ class _Run:
         reward_s = 0.0
         if self.uses_reward:
             t = time.perf_counter()
-            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs],
-                                       [s.unscored + p.text for s, p in zip(seqs, proposals)]))
+            rewards = self._score(seqs, [p.text for p in proposals])
             reward_s = time.perf_counter() - t
         # 3. keep each step with probability ω(r)
         if self.mode == "rsd":
@@ -380,8 +380,7 @@ class _Run:
         rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
             # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
-            rewards = list(self._model("reward", self.reward.score, [s.id for s in seqs],
-                                       [s.unscored + st.text for s, st in zip(seqs, steps)]))
+            rewards = self._score(seqs, [st.text for st in steps])
         if self.uses_draft:
             live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
             self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
@@ -399,6 +398,12 @@ class _Run:
             dispatch(self.callbacks, "on_step", event)
 
     # ------------------------------------------------------------------ bookkeeping
+    def _score(self, seqs: list[_Seq], texts: list[str]) -> list[Any]:
+        """The PRM's reward for each sequence's newest step, each checked to be a number in [0, 1]."""
+        values = self._model("reward", self.reward.score, [s.id for s in seqs],
+                             [s.unscored + t for s, t in zip(seqs, texts)])
+        return list(checked_rewards(values, len(seqs), f"reward model {getattr(self.reward, 'name', '?')!r}"))
+
     def _model(self, role: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A model call; its failure becomes a ``ModelRunError`` naming the model (the run then releases
         its sequences, so the decoder stays usable)."""

@@ -233,7 +233,7 @@ def test_paper_flops_count_generated_tokens_only(toy):
         assert 0 < m.paper_flops < m.flops
     n_draft = toy.draft.cached.flops.n_params
     assert s.draft.paper_flops == 2 * n_draft * s.draft.decode_tokens
-    scored = sum(len(toy.reward.step_ids(st.text)) for st in r.steps)  # every step it judged, in its layout
+    scored = sum(len(toy.reward.format.step_ids(st.text)) for st in r.steps)  # every step it judged, in its layout
     assert s.reward.paper_flops == 2 * toy.reward.cached.flops.n_params * scored
 
 

@@ -287,37 +287,39 @@ HEAD_WEIGHTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(HEAD_WEIGHTS))
-def test_a_replica_missing_a_head_weight_is_refused(replica_root, qwen_prm, skywork, shepherd, rlhflow, tmp_path, name):
-    weight, reward_type = HEAD_WEIGHTS[name]
-    src = replica_root / name
-    dst = tmp_path / name
+def _without_weight(src: Path, dst: Path, weight: str) -> None:
+    """A copy of the checkpoint with one weight taken out of its files and index."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
     shutil.copytree(src, dst)
     removed = False
     for f in list(dst.glob("*.safetensors")) + list(dst.glob("*.bin")):
-        if f.suffix == ".bin":
-            state = torch.load(f, weights_only=True)
-            if weight in state:
-                del state[weight]
-                torch.save(state, f)
-                removed = True
-        else:
-            from safetensors.torch import load_file, save_file
-
-            state = load_file(str(f))
-            if weight in state:
-                del state[weight]
-                save_file(state, str(f), metadata={"format": "pt"})
-                removed = True
+        state = torch.load(f, weights_only=True) if f.suffix == ".bin" else load_file(str(f))
+        if weight in state:
+            del state[weight]
+            torch.save(state, f) if f.suffix == ".bin" else save_file(state, str(f), metadata={"format": "pt"})
+            removed = True
     for index in dst.glob("*.index.json"):
-        import json
-
         data = json.loads(index.read_text())
         data["weight_map"].pop(weight, None)
         index.write_text(json.dumps(data))
-    assert removed
+    assert removed, weight
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_WEIGHTS))
+def test_a_replica_missing_a_head_weight_is_refused(replica_root, qwen_prm, skywork, shepherd, rlhflow, tmp_path, name):
+    weight, reward_type = HEAD_WEIGHTS[name]
+    _without_weight(replica_root / name, tmp_path / name, weight)
     with pytest.raises(ModelLoadError, match=weight.replace(".", r"\.")):
-        load_reward_model(str(dst), reward_type=reward_type)
+        load_reward_model(str(tmp_path / name), reward_type=reward_type)
+
+
+def test_the_toy_step_tag_prm_missing_its_head_is_refused(tiny_paths, tmp_path):
+    _without_weight(Path(tiny_paths["prm"]), tmp_path / "prm", "score.weight")
+    with pytest.raises(ModelLoadError, match=r"score\.weight"):
+        load_reward_model(str(tmp_path / "prm"))
 
 
 def test_replica_tokenizers_are_the_real_vocabularies(qwen_prm, shepherd):

@@ -7,9 +7,12 @@ takes the newest one back (a rejected draft step).
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
+from rsd_core.errors import RewardValueError
 from rsd_core.events import ModelUsage
 
 Conversation = list[dict[str, Any]]
@@ -44,3 +47,39 @@ def question_of(conversation: Conversation) -> str:
             c = m.get("content")
             return c if isinstance(c, str) else str(c)
     raise ValueError("the conversation has no user message for the reward model to judge against")
+
+
+def checked_reward(value: Any, source: str) -> float:
+    """``value`` as a reward, or ``RewardValueError`` saying what came back and what a reward is.
+
+    A reward is a real number in [0, 1]: a float or int (a NumPy or one-element torch scalar too).
+    Strings, bytes, booleans, ``Decimal``, ``None``, NaN, infinities and numbers outside [0, 1] are refused,
+    whether they come from a function or from a ``RewardModel`` subclass, so a broken PRM never silently
+    rejects (NaN) or passes (2.0) every step.
+
+    Example:
+        >>> checked_reward(0.25, "my PRM")
+        0.25
+    """
+    if hasattr(value, "numel") and hasattr(value, "item") and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise RewardValueError(f"{source} returned {value!r} ({type(value).__name__}); a reward is a number in "
+                               "[0, 1] (a float)")
+    r = float(value)
+    if math.isnan(r) or not 0.0 <= r <= 1.0:
+        raise RewardValueError(f"{source} returned {r}, outside [0, 1]; a reward is a number in [0, 1]")
+    return r
+
+
+def checked_rewards(values: Any, n: int, source: str) -> list[float]:
+    """One checked reward per scored sequence."""
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardValueError(f"{source} returned {values!r} from score(); it must return one reward per "
+                               "sequence (a list of floats)") from None
+    if len(values) != n:
+        raise RewardValueError(f"{source} returned {len(values)} rewards for {n} sequences; score() returns one "
+                               "reward per sequence")
+    return [checked_reward(v, source) for v in values]

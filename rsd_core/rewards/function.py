@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rsd_core.errors import RewardValueError
-from rsd_core.rewards.base import Conversation, RewardModel, question_of
+from rsd_core.rewards.base import Conversation, RewardModel, checked_reward, question_of
 
 RewardFn = Callable[[str, list[str], str], float]
 
@@ -29,13 +28,11 @@ class FunctionReward(RewardModel):
         self._steps[seq] = []
 
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
-        out = []
+        # Every reward first, then the steps: a function that fails on one leaves no sequence half-scored.
+        out = [checked_reward(self.fn(self._q[s], list(self._steps[s]), step), f"reward function {self.name}")
+               for s, step in zip(seqs, steps)]
         for s, step in zip(seqs, steps):
-            r = float(self.fn(self._q[s], list(self._steps[s]), step))
-            if not 0.0 <= r <= 1.0:
-                raise RewardValueError(f"reward function {self.name} returned {r}, outside [0, 1]")
             self._steps[s].append(step)
-            out.append(r)
         return out
 
     def rollback(self, seqs: list[int]) -> None:
