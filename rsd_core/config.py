@@ -64,7 +64,7 @@ class RSDConfig(BaseModel):
     max_step_tokens: int = Field(256, ge=1, le=100_000)
     draft_sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     target_sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=2**62)  # seed + offsets must fit torch's 64-bit generator
 
     @field_validator("step_delimiters")
     @classmethod

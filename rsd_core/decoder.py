@@ -41,7 +41,7 @@ from rsd_core.events import (
     TargetInvocationEvent,
     dispatch,
 )
-from rsd_core.messages import validate_messages
+from rsd_core.messages import check_text, validate_messages
 from rsd_core.rewards import RewardModel, load_reward_model
 from rsd_core.rewards.base import checked_rewards
 from rsd_core.weighting import Weighting
@@ -93,7 +93,7 @@ def _conversation(prompt: Prompt) -> list[dict[str, Any]]:
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidPromptError("the prompt is an empty string")
-        return [{"role": "user", "content": prompt}]
+        return [{"role": "user", "content": check_text(prompt, "the prompt")}]
     return validate_messages(prompt)
 
 

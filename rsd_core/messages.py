@@ -14,6 +14,16 @@ from rsd_core.errors import InvalidPromptError
 ROLES = ("system", "user", "assistant", "tool")
 
 
+def check_text(text: str, where: str) -> str:
+    """Text a tokenizer can read: valid Unicode (no lone surrogates such as ``"\\ud800"``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidPromptError(f"{where} is not valid Unicode text: {e.reason} at character {e.start} "
+                                 f"({text[e.start:e.end]!r}); remove or replace it") from None
+    return text
+
+
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
     """Check a chat before any model work: roles known, content a string, tool results answer a call."""
     if not isinstance(messages, list) or not messages:
@@ -28,6 +38,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(m.get("content") or "", str):
             raise InvalidPromptError(f"message {i} ({role}) has content of type {type(m['content']).__name__}, "
                                      "expected text")
+        check_text(m.get("content") or "", f"message {i} ({role})")
         for call in m.get("tool_calls") or []:
             open_calls.add(call.get("id", ""))
         if role == "tool":

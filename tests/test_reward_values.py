@@ -91,3 +91,21 @@ def test_a_function_failing_on_one_sequence_leaves_the_others_unscored():
     with pytest.raises(ValueError):
         r.score([0, 1], ["good", "bad"])
     assert r._steps == {0: [], 1: []}
+
+
+@pytest.mark.parametrize("prompt", ["Ann has \ud800 apples.", [{"role": "user", "content": "x\udfff"}]])
+def test_text_that_is_not_valid_unicode_is_an_invalid_prompt(models, prompt):
+    from rsd_core.errors import InvalidPromptError
+
+    dec = _decoder(models, FunctionReward(lambda q, p, s: 1.0))
+    with pytest.raises(InvalidPromptError, match="not valid Unicode"):
+        dec.generate([prompt])
+    assert dec.generate(["Ann has 3 pens."])[0].steps  # still usable
+
+
+def test_a_seed_too_large_for_the_generator_is_refused_by_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="seed"):
+        RSDConfig(seed=2**100)
+    assert RSDConfig(seed=2**62).seed == 2**62
