@@ -56,6 +56,25 @@ def get_decoder(spec: ModelSpec) -> RewardGuidedDecoder:
         return dec
 
 
+# The run's options by the names the integrations take them under (LangChain's and LlamaIndex's ``max_tokens``).
+OPTION_NAMES = {"max_new_tokens": "max_tokens", "draft_sampling.temperature": "temperature",
+                "target_sampling.temperature": "temperature", "draft_sampling.top_p": "top_p",
+                "target_sampling.top_p": "top_p"}
+
+
+def run_config(base: RSDConfig, **updates: Any) -> RSDConfig:
+    """``base`` with one call's options applied and validated as the constructors validate them; a bad value
+    is a ``ValueError`` naming the option as the caller passed it (``max_tokens=0``), its value and the rule."""
+    from pydantic import ValidationError
+
+    try:
+        return RSDConfig.model_validate(base.model_dump() | updates)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ValueError(f"{OPTION_NAMES.get(field, field)}={err.get('input')!r}: {err['msg'].lower()}") from None
+
+
 def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
     with _lock:
         sched = _schedulers.get(id(dec))

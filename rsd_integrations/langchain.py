@@ -48,11 +48,19 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from rsd_core.config import RSDConfig, SamplingConfig, WeightingName
+from rsd_core.config import RSDConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offered_tools, tool_choice_request
+from rsd_integrations._shared import (
+    ModelSpec,
+    Request,
+    get_decoder,
+    get_scheduler,
+    offered_tools,
+    run_config,
+    tool_choice_request,
+)
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
@@ -240,15 +248,13 @@ class ChatRSD(BaseChatModel):
                                      self.device_map, self.dtype, self.trust_remote_code))
 
     def _rsd_config(self, dec: RewardGuidedDecoder, **kw: Any) -> RSDConfig:
-        temp = kw.get("temperature", self.temperature)
-        sampling = SamplingConfig(temperature=temp, top_p=kw.get("top_p", self.top_p))
-        return dec.config.model_copy(update={
-            "threshold": kw.get("threshold", self.threshold),
-            "weighting": kw.get("weighting", self.weighting),
-            "max_new_tokens": kw.get("max_tokens", self.max_tokens) or dec.config.max_new_tokens,
-            "max_steps": self.max_steps, "max_step_tokens": self.max_step_tokens,
-            "draft_sampling": sampling, "target_sampling": sampling, "seed": kw.get("seed", self.seed),
-        })
+        sampling = {"temperature": kw.get("temperature", self.temperature), "top_p": kw.get("top_p", self.top_p)}
+        max_tokens = kw.get("max_tokens", self.max_tokens)
+        return run_config(
+            dec.config, threshold=kw.get("threshold", self.threshold), weighting=kw.get("weighting", self.weighting),
+            max_new_tokens=dec.config.max_new_tokens if max_tokens is None else max_tokens,
+            max_steps=self.max_steps, max_step_tokens=self.max_step_tokens, draft_sampling=sampling,
+            target_sampling=sampling, seed=kw.get("seed", self.seed))
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, loop: Any = None,
                  **kw: Any) -> tuple[RewardGuidedDecoder, Request]:

@@ -36,11 +36,19 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from rsd_core.config import RSDConfig, SamplingConfig
+from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
-from rsd_integrations._shared import ModelSpec, Request, get_decoder, get_scheduler, offered_tools, tool_choice_request
+from rsd_integrations._shared import (
+    ModelSpec,
+    Request,
+    get_decoder,
+    get_scheduler,
+    offered_tools,
+    run_config,
+    tool_choice_request,
+)
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 dispatcher = get_dispatcher(__name__)
@@ -166,12 +174,11 @@ class RSDLLM(FunctionCallingLLM):
 
     def _config(self, **kw: Any) -> RSDConfig:
         dec = self.get_decoder()
-        s = SamplingConfig(temperature=kw.get("temperature", self.temperature), top_p=kw.get("top_p", self.top_p))
-        return dec.config.model_copy(update={
-            "threshold": kw.get("threshold", self.threshold), "weighting": kw.get("weighting", self.weighting),
-            "max_new_tokens": kw.get("max_tokens", self.max_tokens), "max_steps": self.max_steps,
-            "max_step_tokens": self.max_step_tokens, "draft_sampling": s, "target_sampling": s,
-            "seed": kw.get("seed", self.seed)})
+        s = {"temperature": kw.get("temperature", self.temperature), "top_p": kw.get("top_p", self.top_p)}
+        return run_config(
+            dec.config, threshold=kw.get("threshold", self.threshold), weighting=kw.get("weighting", self.weighting),
+            max_new_tokens=kw.get("max_tokens", self.max_tokens), max_steps=self.max_steps,
+            max_step_tokens=self.max_step_tokens, draft_sampling=s, target_sampling=s, seed=kw.get("seed", self.seed))
 
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
         chat = to_chat_dicts(messages)

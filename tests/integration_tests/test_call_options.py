@@ -1,0 +1,42 @@
+"""Options passed per call are validated as the constructors validate them, named as the caller named them."""
+
+from __future__ import annotations
+
+import pytest
+
+from rsd_integrations.langchain import ChatRSD
+from rsd_integrations.llama_index import RSDLLM
+
+Q = "Ann has 12 apples. She buys 5 more. She gives away 3. How many apples does Ann have now?"
+BAD = [({"max_tokens": 0}, "max_tokens=0"), ({"max_tokens": -1}, "max_tokens=-1"),
+       ({"threshold": float("nan")}, "threshold=nan"), ({"threshold": 1.5}, "threshold=1.5"),
+       ({"temperature": -1.0}, "temperature=-1.0"), ({"seed": 2**100}, "seed=")]
+
+
+@pytest.fixture(scope="module")
+def chat():
+    return ChatRSD(max_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return RSDLLM(max_tokens=8)
+
+
+@pytest.mark.parametrize("kw,named", BAD, ids=[n for _, n in BAD])
+def test_chat_rsd_refuses_a_bad_per_call_option_and_stays_usable(chat, kw, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        chat.invoke(Q, **kw)
+    out = chat.invoke(Q, max_tokens=4)
+    assert out.usage_metadata["output_tokens"] <= 4
+
+
+@pytest.mark.parametrize("kw,named", BAD, ids=[n for _, n in BAD])
+def test_rsd_llm_refuses_a_bad_per_call_option_and_stays_usable(llm, kw, named):
+    with pytest.raises(ValueError, match=named.replace(".", r"\.")):
+        llm.complete(Q, **kw)
+    assert llm.complete(Q, max_tokens=4).text is not None
+
+
+def test_a_per_call_max_tokens_is_the_budget(chat):
+    assert chat.invoke(Q, max_tokens=3).usage_metadata["output_tokens"] <= 3
