@@ -131,6 +131,39 @@ class RewardGuidedDecoder:
         self.same_tokenizer = same_tokenizer(draft.tokenizer, target.tokenizer)
         self._ids = itertools.count()
         self._lock = threading.RLock()  # one run at a time per decoder: models and RNGs are shared
+        self._close_hooks: list[Callable[[], None]] = []
+        self.closed = False
+
+    # ------------------------------------------------------------------ lifetime
+    def on_close(self, hook: Callable[[], None]) -> None:
+        """Run ``hook`` when this decoder is closed (what serves it, such as an integration's batching thread)."""
+        self._close_hooks.append(hook)
+
+    def close(self) -> None:
+        """Stop what serves this decoder and close its backends' connections; it cannot run afterwards.
+
+        Dropping every reference to a decoder frees it too; ``close`` (or ``with``) does it at a known time.
+
+        Example:
+            >>> with RewardGuidedDecoder.from_pretrained() as dec:   # doctest: +SKIP
+            ...     dec.generate(["Ann has 3 apples. She buys 2 more. How many now?"])
+        """
+        if self.closed:
+            return
+        self.closed = True
+        hooks, self._close_hooks = self._close_hooks, []
+        for hook in hooks:
+            hook()
+        for part in {id(p): p for p in (self.draft, self.target, self.reward) if p is not None}.values():
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+
+    def __enter__(self) -> RewardGuidedDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -161,6 +194,11 @@ class RewardGuidedDecoder:
             draft, target, reward = paths["draft"], paths["target"], paths["prm"]
         if draft is None or target is None:
             raise ValueError("name both draft= and target= (or neither, for the embedded toy models)")
+        from rsd_core.runtime.checkpoints import canonical_name
+
+        draft, target = canonical_name(draft), canonical_name(target)
+        if isinstance(reward, str):
+            reward = canonical_name(reward)
         kw = {"device_map": device_map, "dtype": dtype, "trust_remote_code": trust_remote_code}
         cfg = config or RSDConfig()
         d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, **kw)
@@ -263,6 +301,8 @@ class RewardGuidedDecoder:
         mode: Mode = "target" if weighting.always_rejects else "draft" if weighting.always_accepts else "rsd"
         if self.reward is None and (mode == "rsd" or score_all):
             raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
+        if self.closed:
+            raise RuntimeError("this RewardGuidedDecoder was closed; build another to run again")
         with self._lock:
             run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix, grammar)
             if self.concurrency is None:

@@ -10,9 +10,11 @@ the caller dispatches them to its framework's callbacks in its own thread or eve
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,15 +38,39 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
+    def canonical(self) -> ModelSpec:
+        """The same models named one way (local paths resolved), so one checkpoint loads once."""
+        from dataclasses import replace
+
+        from rsd_core.runtime.checkpoints import canonical_name
+
+        return replace(self, **{k: canonical_name(v) for k in ("target", "draft", "reward")
+                                if isinstance(v := getattr(self, k), str)})
+
+
+# Decoders loaded from a spec are shared by every client naming the same models (a load is expensive);
+# ``close_decoder`` lets one go. Schedulers are keyed weakly: a decoder the caller built and dropped takes
+# its scheduler thread with it.
 _decoders: dict[ModelSpec, RewardGuidedDecoder] = {}
-_schedulers: dict[int, BatchScheduler] = {}
+_schedulers: weakref.WeakKeyDictionary[RewardGuidedDecoder, BatchScheduler] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def close_decoder(dec: RewardGuidedDecoder) -> None:
+    """Close ``dec`` (its scheduler thread stops) and forget it wherever it was shared."""
+    with _lock:
+        for spec in [k for k, v in _decoders.items() if v is dec]:
+            del _decoders[spec]
+    dec.close()
 
 
 def get_decoder(spec: ModelSpec) -> RewardGuidedDecoder:
     """The decoder for these models, loaded on first use and shared afterwards."""
+    spec = spec.canonical()
     with _lock:
         dec = _decoders.get(spec)
+        if dec is not None and dec.closed:
+            dec = None
         if dec is None:
             if (spec.target is None) != (spec.draft is None):
                 raise ValueError("name both the target (model=) and the draft (draft_model=), or neither for the "
@@ -76,10 +102,13 @@ def run_config(base: RSDConfig, **updates: Any) -> RSDConfig:
 
 
 def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
+    """The one batching scheduler of ``dec``, started on first use; it lives as long as the decoder."""
+    if dec.closed:
+        raise RuntimeError("this RewardGuidedDecoder was closed; build another to run again")
     with _lock:
-        sched = _schedulers.get(id(dec))
-        if sched is None or sched.decoder is not dec:
-            sched = _schedulers[id(dec)] = BatchScheduler(dec)
+        sched = _schedulers.get(dec)
+        if sched is None:
+            sched = _schedulers[dec] = BatchScheduler(dec)
         return sched
 
 
@@ -172,27 +201,52 @@ class Request:
             self.cancelled.set()
 
 
+_STOP = object()  # put in a scheduler's inbox when its decoder is closed or collected
+
+
 class BatchScheduler:
-    """Runs requests on one decoder, batching those that arrive together with the same settings."""
+    """Runs requests on one decoder, batching those that arrive together with the same settings.
+
+    It holds its decoder weakly: its thread ends when the decoder is closed or garbage-collected, so a
+    service that builds and drops clients does not collect threads and models.
+    """
 
     def __init__(self, decoder: RewardGuidedDecoder, max_batch: int = 64, gather_s: float = 0.005):
-        self.decoder, self.max_batch, self.gather_s = decoder, max_batch, gather_s
-        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._decoder = weakref.ref(decoder)
+        self.max_batch, self.gather_s = max_batch, gather_s
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        stop = functools.partial(self._inbox.put, _STOP)
+        weakref.finalize(decoder, stop)
+        decoder.on_close(stop)
         self._thread = threading.Thread(target=self._loop, name="rsd-scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def decoder(self) -> RewardGuidedDecoder:
+        dec = self._decoder()
+        if dec is None or dec.closed:
+            raise RuntimeError("this scheduler's RewardGuidedDecoder was closed or freed")
+        return dec
 
     def submit(self, req: Request) -> Request:
         self._inbox.put(req)
         return req
 
     def _loop(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
             pending = [self._inbox.get()]
             try:
                 while len(pending) < self.max_batch:
                     pending.append(self._inbox.get(timeout=self.gather_s))
             except queue.Empty:
                 pass
+            stopping = any(r is _STOP for r in pending)
+            pending = [r for r in pending if r is not _STOP]
+            if stopping:
+                for r in pending:
+                    r.put(RuntimeError("the RewardGuidedDecoder serving this request was closed"))
+                break
             groups: dict[str, list[Request]] = {}
             for r in pending:
                 if not r.cancelled.is_set():
@@ -210,7 +264,8 @@ class BatchScheduler:
 
         head = reqs[0]
         try:
-            self.decoder.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
+            dec = self.decoder  # held for the run
+            dec.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
                                   tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix,
                                   grammar=head.grammar)
         except _AllCancelled:

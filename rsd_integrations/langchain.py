@@ -55,6 +55,7 @@ from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import (
     ModelSpec,
     Request,
+    close_decoder,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -240,6 +241,17 @@ class ChatRSD(BaseChatModel):
         return params
 
     # ------------------------------------------------------------------ models and settings
+    def close(self) -> None:
+        """Close the decoder this ChatRSD runs on (its batching thread stops; a decoder shared with other
+        clients naming the same models is closed for them too, and the next client loads it again)."""
+        close_decoder(self.get_decoder())
+
+    def __enter__(self) -> ChatRSD:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def get_decoder(self) -> RewardGuidedDecoder:
         """The shared decoder for these models (loaded on first use)."""
         if self.decoder is not None:

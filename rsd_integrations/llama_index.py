@@ -43,6 +43,7 @@ from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import (
     ModelSpec,
     Request,
+    close_decoder,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -154,6 +155,17 @@ class RSDLLM(FunctionCallingLLM):
         return "RSDLLM"
 
     # ------------------------------------------------------------------ models and metadata
+    def close(self) -> None:
+        """Close the decoder this RSDLLM runs on (its batching thread stops; a decoder shared with other
+        clients naming the same models is closed for them too, and the next client loads it again)."""
+        close_decoder(self.get_decoder())
+
+    def __enter__(self) -> RSDLLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def get_decoder(self) -> RewardGuidedDecoder:
         if self._decoder is None:
             self._decoder = get_decoder(ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type,

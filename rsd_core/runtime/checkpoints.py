@@ -28,6 +28,13 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
 
 
+def canonical_name(name_or_path: str) -> str:
+    """One name per checkpoint: a local path resolved (``p``, ``p/``, ``p/.`` and ``../x/p`` are one folder),
+    a hub id as given."""
+    local = Path(name_or_path).expanduser()
+    return str(local.resolve()) if local.exists() else name_or_path
+
+
 def metadata_dir(name_or_path: str, revision: str | None = None) -> Path:
     """A folder holding the checkpoint's config and tokenizer files: the path itself, or its hub snapshot."""
     local = Path(name_or_path).expanduser()
