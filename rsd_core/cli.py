@@ -146,14 +146,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.out:
         out = Path(a.out)
         path = out / "records.jsonl"
-        if a.overwrite and path.exists():
-            path.unlink()
         meta = {"dataset": a.dataset, "data_file": a.data_file, "split": a.split,
                 "fields": [a.question_field, a.answer_field], "prompt_style": a.prompt_style,
                 "models": {"draft": a.draft, "target": a.target, "reward": a.reward, "reward_type": a.reward_type,
                            "reward_options": _reward_options(a.reward_option)},
                 "config": cfg.model_dump(mode="json")}
-        records = RecordStore(path, meta)
+        records = RecordStore(path, meta, overwrite=a.overwrite)
         if records.records:
             print(f"resuming: {len(records.records)} results already in {path}", file=sys.stderr)
     dec = _decoder(a, cfg)

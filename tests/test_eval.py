@@ -286,8 +286,9 @@ def test_interrupted_run_resumes_to_the_same_summary(toy, tmp_path):
 def test_records_of_another_run_are_refused(toy, tmp_path):
     path = tmp_path / "r.jsonl"
     RecordStore(path, {"dataset": "toy", "config": {"threshold": 0.7}})
-    with pytest.raises(ValueError, match="different run.*config"):
+    with pytest.raises(ValueError, match=r"another run: config\.threshold is 0\.5 now, 0\.7 in the file.*--overwrite"):
         RecordStore(path, {"dataset": "toy", "config": {"threshold": 0.5}})
+    assert RecordStore(path, {"dataset": "toy", "config": {"threshold": 0.5}}, overwrite=True).records == {}
     junk = tmp_path / "junk.jsonl"
     junk.write_text('{"method": "x", "id": "1"}\n')
     with pytest.raises(ValueError, match="run header"):
@@ -334,3 +335,23 @@ def test_cli_eval_rejects_bad_options_before_loading(capsys, tmp_path):
     assert "unknown dataset" in capsys.readouterr().err
     assert cli_main(["plot", str(tmp_path)]) == 2
     assert "no summary" in capsys.readouterr().err
+
+
+def test_a_second_process_writing_the_same_records_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "r.jsonl"
+    code = ("import sys, time\nfrom rsd_core.eval.runner import RecordStore\n"
+            f"RecordStore({str(path)!r}, {{'dataset': 'toy'}})\nprint('held', flush=True)\ntime.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from rsd_core.eval.runner import RecordsInUseError
+
+        with pytest.raises(RecordsInUseError, match=rf"another rsd eval \(pid {holder.pid}\)"):
+            RecordStore(path, {"dataset": "toy"})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert RecordStore(path, {"dataset": "toy"}).records == {}  # the lock went with the process

@@ -154,17 +154,67 @@ def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------ records
 
 
+def _differences(now: Any, then: Any, where: str = "") -> list[str]:
+    """Each setting that differs, by its dotted name: ``config.threshold is 0.5 now, 0.7 in the file``."""
+    if isinstance(now, dict) and isinstance(then, dict):
+        out = []
+        for k in sorted(set(now) | set(then), key=str):
+            out += _differences(now.get(k), then.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if now == then else [f"{where} is {now!r} now, {then!r} in the file"]
+
+
+class RecordsInUseError(ValueError):
+    """Another process is writing the same records file."""
+
+
+_held: dict[str, Any] = {}  # records files this process holds the lock of
+
+
+def _lock_for_writing(path: Path) -> Any:
+    """An exclusive lock on ``path`` for this process (released when it exits, even if killed). Another
+    process is refused; this process may open the same file again (a resume after an interruption)."""
+    key = str(path.resolve())
+    if key in _held:
+        return _held[key]
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: one writer is the caller's business
+        return None
+    f = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 - held open for the process's lifetime
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise RecordsInUseError(f"{path} is being written by another rsd eval (pid {holder}); wait for it to "
+                                "finish, or use another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _held[key] = f
+    return f
+
+
 class RecordStore:
     """Per-problem results in a JSONL file: a header line naming the run, then one line per problem.
 
     Opening an existing file checks that it belongs to the same run (dataset, models, config) and
-    drops a last line cut off by a kill, so appending continues from the last complete record.
+    drops a last line cut off by a kill, so appending continues from the last complete record. One
+    process at a time writes a file: a second one opening it while the first runs is refused
+    (``RecordsInUseError``) instead of both appending the same records. ``overwrite`` starts it again.
     """
 
-    def __init__(self, path: str | Path, meta: dict[str, Any]):
+    def __init__(self, path: str | Path, meta: dict[str, Any], overwrite: bool = False):
         self.path = Path(path)
         self.meta = {"type": "meta", "version": RECORDS_VERSION, **meta}
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_for_writing(self.path)
+        if overwrite and self.path.exists():
+            self.path.unlink()
         if self.path.exists() and self.path.stat().st_size:
             self._load()
         else:
@@ -203,10 +253,11 @@ class RecordStore:
 
     def _take(self, row: dict[str, Any], i: int) -> None:
         if row.get("type") == "meta":
-            diff = sorted(k for k in set(self.meta) | set(row) if k != "type" and self.meta.get(k) != row.get(k))
+            diff = _differences({k: v for k, v in self.meta.items() if k != "type"},
+                                {k: v for k, v in row.items() if k != "type"})
             if diff:
-                raise ValueError(f"{self.path} holds results of a different run (differs in: {', '.join(diff)}); "
-                                 "use another output path, or delete the file to start again")
+                raise ValueError(f"{self.path} holds results of another run: {'; '.join(diff[:6])}. Use another "
+                                 "--out, or --overwrite to start again (overwrite=True)")
             return
         if i == 0:
             raise ValueError(f"{self.path} does not start with a run header; is it an rsd eval records file?")
