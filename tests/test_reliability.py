@@ -562,3 +562,40 @@ def test_arithmetic_reward_is_bounded_on_hostile_steps(step):
     t0 = time.perf_counter()
     r = arithmetic_reward("", [], step)
     assert 0.0 <= r <= 1.0 and time.perf_counter() - t0 < 1.0
+
+
+def _with_config(tiny_paths, tmp_path, **changes):
+    import shutil
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(tiny_paths["draft"], dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps(cfg | changes))
+    return dst
+
+
+@pytest.mark.parametrize("changes, match", [({"num_hidden_layers": 10**7}, "num_hidden_layers=10000000"),
+                                            ({"hidden_size": 10**9}, "hidden_size=1000000000"),
+                                            ({"vocab_size": -5}, "vocab_size=-5"),
+                                            ({"num_hidden_layers": 1000, "hidden_size": 60000,
+                                              "intermediate_size": 1000000}, "parameters")])
+def test_a_config_with_sizes_no_model_has_fails_fast(tiny_paths, tmp_path, changes, match):
+    path = _with_config(tiny_paths, tmp_path, **changes)
+    with pytest.raises(ModelLoadError, match=match):
+        RewardGuidedDecoder.from_pretrained(draft=str(path), target=str(path))
+
+
+def test_a_tokenizer_that_cannot_write_text_is_refused(tiny_paths, tmp_path):
+    import shutil
+
+    from tokenizers import Tokenizer, models
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(tiny_paths["draft"], dst)
+    (dst / "tokenizer.json").unlink()
+    tiny = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2, "c": 3}, unk_token="<unk>"))
+    tiny.save(str(tmp_path / "elsewhere.json"))
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg | {"tokenizer_file": str(tmp_path / "elsewhere.json")}))
+    with pytest.raises(ModelLoadError, match="tokenizer cannot"):
+        RewardGuidedDecoder.from_pretrained(draft=str(dst), target=str(dst))

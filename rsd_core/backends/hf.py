@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -49,6 +50,39 @@ def context_length(model: PreTrainedModel) -> int:
     return int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
 
 
+def _control_strings(tokenizer: Any) -> list[str]:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted({t.content for t in added.values() if getattr(t, "special", False)} |
+                  set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
+
+
+def _with_untrusted_marked(tokenizer: Any, chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The chat with each user or tool message that spells a control token replaced by a marker."""
+    controls = [c for c in _control_strings(tokenizer) if c]
+    untrusted: dict[str, str] = {}
+    out = []
+    for i, m in enumerate(chat):
+        content = m.get("content")
+        if m.get("role") in ("user", "tool") and isinstance(content, str) and any(c in content for c in controls):
+            marker = f"\x00RSD-TEXT-{i}\x00"
+            untrusted[marker] = content
+            m = {**m, "content": marker}
+        out.append(m)
+    return out, untrusted
+
+
+def _encode_marked(tokenizer: Any, text: str, untrusted: dict[str, str]) -> list[int]:
+    if not untrusted:
+        return list(tokenizer(text, add_special_tokens=False).input_ids)
+    ids: list[int] = []
+    for piece in re.split("(" + "|".join(map(re.escape, untrusted)) + ")", text):
+        if piece in untrusted:
+            ids += tokenizer(untrusted[piece], add_special_tokens=False, split_special_tokens=True).input_ids
+        elif piece:
+            ids += tokenizer(piece, add_special_tokens=False).input_ids
+    return ids
+
+
 def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | None, name: str,
                   context_length: int, reply_prefix: str = "") -> list[int]:
     """Token ids of a raw text prompt, or of a chat through the tokenizer's chat template (with tools).
@@ -66,12 +100,15 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
     else:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(f"{name} has no chat template: pass a raw text prompt instead of messages")
-        text = tokenizer.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
-        if tools and text == tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True):
+        # What a user or a tool wrote is text, even where it spells a control token ("<|im_start|>system"):
+        # it goes through the template as a marker and is tokenized with special tokens split.
+        chat, untrusted = _with_untrusted_marked(tokenizer, prompt)
+        text = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
+        if tools and text == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True):
             # The template ignores tools (SmolLM2's does): state them in the system turn instead.
-            text = tokenizer.apply_chat_template(with_tools_in_system_turn(prompt, tools), tokenize=False,
+            text = tokenizer.apply_chat_template(with_tools_in_system_turn(chat, tools), tokenize=False,
                                                  add_generation_prompt=True)
-        ids = tokenizer(text + reply_prefix, add_special_tokens=False).input_ids
+        ids = _encode_marked(tokenizer, text + reply_prefix, untrusted)
     if not ids:
         raise ValueError("the prompt is empty after tokenization")
     if len(ids) >= context_length:

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from rsd_core.errors import ModelLoadError
-from rsd_core.runtime.checkpoints import looks_like_path, metadata_dir, needs_sentencepiece
+from rsd_core.runtime.checkpoints import looks_like_path, metadata_dir, needs_sentencepiece, read_config
 
 LOAD_OPTIONS = ("device_map", "dtype", "trust_remote_code", "revision")
 
@@ -81,6 +81,45 @@ def check_local_checkpoint(path: Path) -> None:
         raise ModelLoadError(f"{str(cfg)!r} is not valid JSON ({e}): the checkpoint is damaged") from None
 
 
+# Far past any released model; a config beyond these is damaged or hostile (building it would hang or exhaust memory).
+SIZE_LIMITS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_size": 1 << 20,
+               "num_attention_heads": 1024, "num_key_value_heads": 1024, "vocab_size": 1 << 23,
+               "max_position_embeddings": 1 << 24, "num_labels": 1 << 16}
+MAX_PARAMETERS = 5e12
+
+
+def check_config_sizes(name: str, config: dict[str, Any]) -> None:
+    """Refuse sizes no model has before anything is built (``num_hidden_layers: 10**7`` would hang)."""
+    cfg = dict(config.get("text_config") or {}) | config
+    for key, limit in SIZE_LIMITS.items():
+        v = cfg.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= limit):
+            raise ModelLoadError(f"{name!r}: config.json says {key}={v!r}, beyond what any model has (at most "
+                                 f"{limit}); the checkpoint is damaged or not a model")
+    h, layers = int(cfg.get("hidden_size") or 0), int(cfg.get("num_hidden_layers") or 0)
+    inter, vocab = int(cfg.get("intermediate_size") or 4 * h), int(cfg.get("vocab_size") or 0)
+    params = layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
+    if params > MAX_PARAMETERS:
+        raise ModelLoadError(f"{name!r}: config.json describes about {params:.2e} parameters, more than any "
+                             "machine holds; the checkpoint is damaged or not a model")
+
+
+def check_tokenizer(name: str, tok: Any) -> None:
+    """A tokenizer that cannot write ordinary text (a 4-token vocabulary from a ``tokenizer_file`` pointing
+    elsewhere) would generate nothing without a word of why."""
+    sample = "Ann has 12 apples."
+    try:
+        ids = tok(sample, add_special_tokens=False).input_ids
+        text = tok.decode(ids, skip_special_tokens=True)
+    except Exception as e:  # a tokenizer that fails on plain text is as broken
+        raise ModelLoadError(f"{name!r}: its tokenizer cannot encode plain text ({type(e).__name__}: {e})") from None
+    unk = getattr(tok, "unk_token_id", None)
+    if not ids or all(i == unk for i in ids) or not any(c.isalnum() for c in text) or len(tok) < 8:
+        raise ModelLoadError(f"{name!r}: its tokenizer cannot write plain text ({len(tok)} tokens; {sample!r} "
+                             f"encodes to {ids[:12]} and decodes to {text!r}); check its tokenizer files "
+                             "(tokenizer.json, tokenizer_config.json's tokenizer_file)")
+
+
 def head_modules(model: torch.nn.Module) -> set[str]:
     """Top-level modules outside the backbone (``score``, ``v_head``, ``lm_head``...)."""
     prefix = getattr(model, "base_model_prefix", "")
@@ -140,11 +179,14 @@ def load_pretrained(
     if kwargs.get("gguf_file"):
         require_gguf(shown)
     else:
-        require_sentencepiece(shown, metadata_dir(name_or_path, revision))
+        folder = metadata_dir(name_or_path, revision)
+        require_sentencepiece(shown, folder)
+        check_config_sizes(shown, read_config(name_or_path, revision))
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision,
                                             local_files_only=kwargs.get("local_files_only", False),
                                             gguf_file=kwargs.get("gguf_file"))
+        check_tokenizer(shown, tok)
         loaded = auto_cls.from_pretrained(
             name_or_path,
             device_map=device_map,
