@@ -14,6 +14,7 @@ import functools
 import json
 import queue
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -157,8 +158,10 @@ class Request:
     reply_prefix: str = ""  # forced start of the reply (tool_choice)
     grammar: Grammar | None = None  # what the whole reply must follow (a forced call's schema)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    timeout: float | None = None  # seconds the caller waits for the result; then TimeoutError, and the run stops
 
     def __post_init__(self) -> None:
+        self._deadline = None if self.timeout is None else time.monotonic() + self.timeout
         self._q: queue.Queue[Any] | None = None if self.loop else queue.Queue()
         self._aq: asyncio.Queue[Any] | None = asyncio.Queue() if self.loop else None
 
@@ -175,11 +178,21 @@ class Request:
         else:
             self._q.put(item)  # type: ignore[union-attr]
 
+    def _left(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(f"no result within timeout={self.timeout:g} s; the run was stopped (raise the "
+                            "timeout for long answers)")
+
     def events(self) -> Iterator[Any]:
         """Events as they happen, ending with the ``RSDResult``; raises the run's error, if any."""
         try:
             while True:
-                item = self._q.get()  # type: ignore[union-attr]
+                try:
+                    item = self._q.get(timeout=self._left())  # type: ignore[union-attr]
+                except queue.Empty:
+                    raise self._timed_out() from None
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -191,7 +204,10 @@ class Request:
     async def aevents(self) -> AsyncIterator[Any]:
         try:
             while True:
-                item = await self._aq.get()  # type: ignore[union-attr]
+                try:
+                    item = await asyncio.wait_for(self._aq.get(), self._left())  # type: ignore[union-attr]
+                except TimeoutError:
+                    raise self._timed_out() from None
                 if isinstance(item, BaseException):
                     raise item
                 yield item

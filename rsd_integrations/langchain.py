@@ -281,7 +281,7 @@ class ChatRSD(BaseChatModel):
         tools, prefix, grammar = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
         stops = stop if stop is not None else self.stop
         return dec, Request(chat, self._rsd_config(dec, **kw), tools, stops or None, loop, reply_prefix=prefix,
-                            grammar=grammar)
+                            grammar=grammar, timeout=self.timeout)
 
     # ------------------------------------------------------------------ results as messages
     def _message(self, res: RSDResult, tools: list[dict[str, Any]] | None) -> AIMessage:

@@ -40,3 +40,25 @@ def test_rsd_llm_refuses_a_bad_per_call_option_and_stays_usable(llm, kw, named):
 
 def test_a_per_call_max_tokens_is_the_budget(chat):
     assert chat.invoke(Q, max_tokens=3).usage_metadata["output_tokens"] <= 3
+
+
+def test_timeout_stops_waiting_while_a_slow_reward_still_runs(tiny_paths):
+    import threading
+
+    from rsd_core import RewardGuidedDecoder
+
+    release, finished = threading.Event(), threading.Event()
+
+    def slow_reward(q, prev, step):
+        release.wait(30)
+        finished.set()
+        return 1.0
+
+    dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], slow_reward)
+    llm = ChatRSD(decoder=dec, timeout=0.5, max_tokens=8)
+    with pytest.raises(TimeoutError, match=r"timeout=0\.5"):
+        llm.invoke(Q)
+    assert not finished.is_set()  # the caller was answered while the reward was still working
+    release.set()
+    out = ChatRSD(decoder=dec, max_tokens=4).invoke(Q)  # the decoder serves the next call
+    assert out.usage_metadata["output_tokens"] >= 1
