@@ -25,7 +25,7 @@ from rsd_core.constraints import Grammar, UnsupportedSchema
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult
-from rsd_integrations.chat_format import call_opening, forced_reply, tool_names
+from rsd_integrations.chat_format import call_opening, check_tool_names, forced_reply, tool_names
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | 
         if tool_choice not in (None, "auto", "none", False):
             raise ValueError(f"tool_choice={tool_choice!r} but no tools are bound")
         return None, "", None
+    check_tool_names(tools)
     opening = call_opening(dec.target.tokenizer)
     prefix = forced_reply(tool_names(tools), tool_choice, opening)
     called = [t for t in tools if prefix and prefix.startswith(forced_reply(tool_names([t]), "any", opening))]

@@ -76,7 +76,7 @@ def forced_reply(names: list[str], tool_choice: Any, opening: str = TOOL_OPEN) -
                          f"{{'type': 'function', 'function': {{'name': ...}}}}, got {tool_choice!r}")
     if name not in names:
         raise ValueError(f"tool_choice names {name!r}, which is not among the tools: {names}")
-    return opening + json.dumps({"name": name})[:-1] + ', "arguments": '
+    return opening + json.dumps({"name": name}, ensure_ascii=False)[:-1] + ', "arguments": '
 
 
 def call_opening(tokenizer: Any) -> str:
@@ -116,9 +116,33 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None
         if not isinstance(args, dict):
             bad.append(InvalidToolCall(raw, f"arguments must be an object, got {type(args).__name__}", obj["name"]))
             continue
+        missing = _missing_required(args, obj["name"], tools)
+        if missing:
+            bad.append(InvalidToolCall(raw, f"missing required argument(s): {', '.join(missing)}", obj["name"]))
+            continue
         calls.append(ToolCall(obj["name"], _without_unset(args, obj["name"], tools)))
     content = _BLOCK.sub("", text).strip() if (calls or bad) else text
     return content, calls, bad
+
+
+def check_tool_names(tools: list[dict[str, Any]]) -> None:
+    """Tool names the call format can carry: non-empty text without the call tags or control characters."""
+    for t in tools:
+        name = t.get("function", t).get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"a tool needs a non-empty name, got {name!r}")
+        if TOOL_OPEN in name or TOOL_CLOSE in name or any(ord(c) < 32 for c in name):
+            raise ValueError(f"tool name {name!r} cannot be carried by the call format: it holds "
+                             f"{TOOL_OPEN!r}/{TOOL_CLOSE!r} or a control character; rename the tool")
+
+
+def _missing_required(args: dict[str, Any], name: str, tools: list[dict[str, Any]] | None) -> list[str]:
+    for t in tools or []:
+        fn = t.get("function", t)
+        if fn.get("name") == name:
+            required = (fn.get("parameters") or {}).get("required") or []
+            return [k for k in required if k not in args]
+    return []
 
 
 def _without_unset(args: dict[str, Any], name: str, tools: list[dict[str, Any]] | None) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from rsd_integrations._shared import (
     run_config,
     tool_choice_request,
 )
-from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
+from rsd_integrations.chat_format import ToolCallStreamFilter, check_tool_names, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
 
@@ -490,6 +490,7 @@ class ChatRSD(BaseChatModel):
             'multiply'
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
+        check_tool_names(formatted)
         if tool_choice not in (None, "auto", "none", "any", "required", True, False):
             from rsd_integrations.chat_format import forced_reply, tool_names
 
