@@ -599,3 +599,28 @@ def test_a_tokenizer_that_cannot_write_text_is_refused(tiny_paths, tmp_path):
     (dst / "tokenizer_config.json").write_text(json.dumps(cfg | {"tokenizer_file": str(tmp_path / "elsewhere.json")}))
     with pytest.raises(ModelLoadError, match="tokenizer cannot"):
         RewardGuidedDecoder.from_pretrained(draft=str(dst), target=str(dst))
+
+
+@pytest.mark.parametrize("template, match", [
+    pytest.param("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
+                 "did not finish", marks=pytest.mark.slow),
+    ("{{ 'x' * 1000000000 }}", "GiB|characters"),
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursed"),
+])
+def test_a_chat_template_that_hangs_or_explodes_is_refused_at_load(tiny_paths, tmp_path, template, match):
+    import shutil
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(tiny_paths["draft"], dst)
+    for f in dst.glob("chat_template.jinja"):
+        f.unlink()
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    (dst / "tokenizer_config.json").write_text(json.dumps(cfg | {"chat_template": template}))
+    with pytest.raises(ModelLoadError, match=rf"{dst.name}.*chat template.*({match})"):
+        RewardGuidedDecoder.from_pretrained(draft=str(dst), target=str(dst))
+
+
+def test_a_template_that_raises_its_own_error_still_loads():
+    from rsd_core.runtime.templates import check_chat_template
+
+    check_chat_template("x", "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}")

@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from rsd_core.errors import ModelLoadError
 from rsd_core.runtime.checkpoints import looks_like_path, metadata_dir, needs_sentencepiece, read_config
+from rsd_core.runtime.templates import check_chat_template
 
 LOAD_OPTIONS = ("device_map", "dtype", "trust_remote_code", "revision")
 
@@ -187,6 +188,7 @@ def load_pretrained(
                                             local_files_only=kwargs.get("local_files_only", False),
                                             gguf_file=kwargs.get("gguf_file"))
         check_tokenizer(shown, tok)
+        check_chat_template(shown, getattr(tok, "chat_template", None))
         loaded = auto_cls.from_pretrained(
             name_or_path,
             device_map=device_map,
