@@ -64,6 +64,13 @@ def _reward_options(pairs: list[str]) -> dict[str, Any]:
 def _decoder(a: argparse.Namespace, cfg: RSDConfig):
     from rsd_core.decoder import RewardGuidedDecoder
 
+    if (a.draft is None) != (a.target is None):
+        raise ValueError("name both --draft and --target (or neither, for the embedded toy models)")
+    if a.draft is not None and a.reward is None and 0.0 < cfg.threshold < 1.0:
+        raise ValueError(f"--threshold {cfg.threshold} needs a reward model to judge the draft's steps: name one "
+                         "with --reward (and --reward-type if it cannot be detected), or use --threshold 0 "
+                         "(draft only) or 1 (target only)")
+
     return RewardGuidedDecoder.from_pretrained(a.draft, a.target, a.reward, config=cfg, device_map=a.device_map,
                                                dtype=a.dtype, trust_remote_code=a.trust_remote_code,
                                                reward_type=a.reward_type,
@@ -159,6 +166,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
                        prompt_style=a.prompt_style, records=records)
     table = markdown_table(summary)
     print(table)
+    if not a.out:
+        print("rsd eval: nothing saved (pass --out DIR to keep the per-problem records, resume, and plot)",
+              file=sys.stderr)
     doc = {"dataset": a.dataset, "n": len(examples), "prompt_style": a.prompt_style,
            "models": {"draft": a.draft, "target": a.target, "reward": a.reward},
            "config": cfg.model_dump(mode="json"), "methods": list(summary.values())}
@@ -183,9 +193,31 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Subcommand parsers whose --help shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+# RSDConfig's fields by the flags that set them, so a bad value is reported as the user typed it.
+FLAGS = {"threshold": "--threshold", "weighting": "--weighting", "max_new_tokens": "--max-new-tokens",
+         "max_steps": "--max-steps", "max_step_tokens": "--max-step-tokens", "seed": "--seed",
+         "temperature": "--temperature", "top_p": "--top-p"}
+
+
+def _validation_message(e: Any) -> str:
+    parts = []
+    for err in e.errors():
+        field = str(err["loc"][-1]) if err.get("loc") else "?"
+        parts.append(f"{FLAGS.get(field, field)} {err.get('input')!r}: {err['msg'].lower()}")
+    return "; ".join(parts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rsd", description="Reward-Guided Speculative Decoding")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU, under a minute)")
     d.add_argument("--n", type=int, default=60, help="problems in the comparison table")
     d.add_argument("--show", type=int, default=3, help="problems printed step by step")
@@ -230,12 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the steps we print
     try:
         return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        resume = " (rerun the same command to resume)" if args.cmd == "eval" and getattr(args, "out", None) else ""
+        print(f"rsd {args.cmd}: interrupted{resume}", file=sys.stderr)
+        return 130
     except Exception as e:  # a clear one-line message instead of a traceback for expected errors
         from pydantic import ValidationError
 
         from rsd_core.errors import RSDError
 
-        if isinstance(e, (RSDError, ValidationError, FileNotFoundError, KeyError, ValueError, ImportError)):
+        if isinstance(e, ValidationError):
+            print(f"rsd {args.cmd}: {_validation_message(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, (RSDError, FileNotFoundError, KeyError, ValueError, ImportError)):
             print(f"rsd {args.cmd}: {e}", file=sys.stderr)
             return 2
         raise

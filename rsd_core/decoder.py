@@ -300,7 +300,10 @@ class RewardGuidedDecoder:
         weighting = Weighting.from_config(cfg)
         mode: Mode = "target" if weighting.always_rejects else "draft" if weighting.always_accepts else "rsd"
         if self.reward is None and (mode == "rsd" or score_all):
-            raise ValueError("this run needs a reward model (threshold strictly between 0 and 1): pass reward=")
+            raise ValueError("this run needs a reward model (the threshold is strictly between 0 and 1, so rewards "
+                             "decide): name one (reward= in RewardGuidedDecoder, reward_model= in ChatRSD and "
+                             "RSDLLM, --reward in the rsd command), or use threshold 0 (draft only) or 1 "
+                             "(target only)")
         if self.closed:
             raise RuntimeError("this RewardGuidedDecoder was closed; build another to run again")
         with self._lock:

@@ -49,6 +49,8 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
                 )
     if not any(m["role"] in ("user", "tool") for m in messages):
         raise InvalidPromptError("the conversation has no user message")
+    if not any((m.get("content") or "").strip() or m.get("tool_calls") for m in messages):
+        raise InvalidPromptError("the prompt is empty: no message has any text")
     return messages
 
 

@@ -241,6 +241,10 @@ class ChatRSD(BaseChatModel):
         return params
 
     # ------------------------------------------------------------------ models and settings
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` by the target model's tokenizer (what ``get_num_tokens`` counts)."""
+        return list(self.get_decoder().target.tokenizer(text, add_special_tokens=False).input_ids)
+
     def close(self) -> None:
         """Close the decoder this ChatRSD runs on (its batching thread stops; a decoder shared with other
         clients naming the same models is closed for them too, and the next client loads it again)."""

@@ -355,3 +355,40 @@ def test_a_second_process_writing_the_same_records_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     assert RecordStore(path, {"dataset": "toy"}).records == {}  # the lock went with the process
+
+
+def test_cli_errors_name_the_flags_and_interrupts_are_one_line(capsys, monkeypatch):
+    from rsd_core import cli
+
+    assert cli.main(["generate", "x", "--threshold", "1.5"]) == 2
+    assert "--threshold 1.5: input should be less than or equal to 1" in capsys.readouterr().err
+    assert cli.main(["generate", "x", "--draft", "a"]) == 2
+    assert "name both --draft and --target" in capsys.readouterr().err
+
+    def interrupted(a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_eval", interrupted)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["eval"].set_defaults(fn=interrupted)
+    assert cli.main(["eval", "--out", "somewhere"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "rsd eval: interrupted (rerun the same command to resume)"
+
+
+def test_a_hub_dataset_that_cannot_be_loaded_points_to_data_file(monkeypatch):
+    import sys
+    import types
+
+    from rsd_core.eval.datasets import load_examples
+
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(*a, **k):
+        raise ConnectionError("no network")
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    with pytest.raises(FileNotFoundError, match="--data-file"):
+        load_examples("gsm8k", 3)

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
-from rsd_core.runtime.cached_model import drop_tail
+from rsd_core.runtime.cached_model import cache_kwarg, drop_tail
 from rsd_core.sampling import sample_next
 
 
@@ -98,6 +98,7 @@ class FastCachedModel:
     def __init__(self, model: PreTrainedModel, pad_id: int, keep_last_logits_only: bool = True,
                  max_len: int = 4096, slots: int = 1, use_cuda_graph: bool | None = None):
         self.model, self.pad_id = model, pad_id
+        self._cache_kw = cache_kwarg(model)  # looked up once: the decode step is the hot path
         self.flops = FlopCounter.for_model(model)
         self.states: dict[int, FastSeq] = {}
         self.max_len = max_len
@@ -306,7 +307,7 @@ class FastCachedModel:
         mask = self.valid[:, None, None, :L].expand(S, 1, N, L).clone()
         mask.index_copy_(3, cols, block[:, None])  # every query sees itself: no row is fully masked
         out = self.model(input_ids=buf["ids"], attention_mask=mask, position_ids=buf["pos"],
-                         past_key_values=self.kv, use_cache=True, **({} if all_positions else self._logits_kw))
+                         use_cache=True, **{self._cache_kw: self.kv}, **({} if all_positions else self._logits_kw))
         self.valid.index_copy_(1, cols, in_chunk)
         return out.logits if all_positions else out.logits[:, -1]
 
@@ -316,7 +317,7 @@ class FastCachedModel:
         col = self.kv.ptr.clone().view(1)
         self.valid.index_fill_(1, col, True)  # every query sees its own new column: no empty rows
         out = self.model(input_ids=d["tok"][:, None], position_ids=d["pos"][:, None],
-                         attention_mask=self.valid[:, None, None, :L], past_key_values=self.kv, use_cache=True,
+                         attention_mask=self.valid[:, None, None, :L], use_cache=True, **{self._cache_kw: self.kv},
                          **self._logits_kw)
         self.valid.index_copy_(1, col, feed[:, None])  # only the slots that were fed keep the column
         d["pos"].add_(feed.long())

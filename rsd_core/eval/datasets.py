@@ -131,7 +131,11 @@ def hub_examples(name: str, config: str | None = None, split: str = "test", n: i
     except ImportError:
         raise ImportError(f"loading {name!r} from the hub needs the 'datasets' package: pip install 'rsd[eval]' "
                           "(or pass a local JSONL copy with --data-file)") from None
-    ds = datasets.load_dataset(name, config, split=split)
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, no cache, a renamed dataset: the same way out in every case
+        raise FileNotFoundError(f"could not load {name!r} from the hub ({type(e).__name__}: {str(e)[:200]}); "
+                                "pass a local JSONL copy with --data-file (data_file=)") from None
     return _take(((0, dict(r)) for r in ds), fmt, f"{name}[{split}]", n, question_field, answer_field)
 
 

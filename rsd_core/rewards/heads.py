@@ -44,12 +44,15 @@ class _HeadMixin:
         return getattr(self, self.base_model_prefix).get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: Any = None,
+                position_ids: torch.Tensor | None = None, cache: Any = None, past_key_values: Any = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None, logits_to_keep: int = 0,
                 **kwargs: Any) -> TokenClassifierOutput:
+        from rsd_core.runtime.cached_model import cache_kwarg
+
         backbone = getattr(self, self.base_model_prefix)
+        kv = cache if cache is not None else past_key_values
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+                          inputs_embeds=inputs_embeds, use_cache=use_cache, **{cache_kwarg(backbone): kv},
                           **kwargs).last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

@@ -93,7 +93,9 @@ class StepTagPRM(IncrementalPRM):
 def _check_cached_call(name: str, model: Any) -> None:
     """The scorer reads each step over a KV cache: the checkpoint's class must take one."""
     params = inspect.signature(model.forward).parameters
-    needed = [p for p in ("attention_mask", "position_ids", "past_key_values") if p not in params]
+    needed = [p for p in ("attention_mask", "position_ids") if p not in params]
+    if "past_key_values" not in params and "cache" not in params:
+        needed.append("past_key_values")
     if needed and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         raise ModelLoadError(f"{name!r}: its own model class ({type(model).__name__}) takes no {', '.join(needed)}, "
                              "which incremental scoring passes; load it without trust_remote_code to use the "

@@ -24,6 +24,13 @@ from rsd_core.events import ModelUsage
 from rsd_core.sampling import sample_next
 
 
+def cache_kwarg(model: Any) -> str:
+    """The name a model's forward takes its KV cache under: ``cache`` (transformers 5.2x on) or
+    ``past_key_values`` (earlier releases, and remote code written for them)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def drop_tail(s: Any, n_remove: int) -> int:
     """Forget a sequence's newest ``n_remove`` token ids (not its cache); returns how many ids remain."""
     if n_remove > len(s.ids):
@@ -104,6 +111,7 @@ class CachedModel:
         self.flops = FlopCounter.for_model(model)
         self.states: dict[int, SeqState] = {}
         params = inspect.signature(model.forward).parameters
+        self._cache_kw = cache_kwarg(model)
         self._logits_kw = {"logits_to_keep": 1} if keep_last_logits_only and "logits_to_keep" in params else {}
 
     @property
@@ -171,7 +179,8 @@ class CachedModel:
         mask, pos = mask.to(dev), pos.to(dev)
         cache = self._stack_past(states, P)
         kw = {} if all_positions else self._logits_kw
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kw)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         **{self._cache_kw: cache}, **kw)
         # Sequence classifiers (outcome reward models) already pool to [B, labels].
         logits = out.logits if all_positions or out.logits.dim() == 2 else out.logits[:, -1]
         for s, p, c in zip(states, past, chunks):
@@ -257,7 +266,7 @@ class CachedModel:
             mask = torch.cat([mask, feed[:, None]], dim=1)
             out = self.model(
                 input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True, **self._logits_kw,
+                use_cache=True, **{self._cache_kw: cache}, **self._logits_kw,
             )
             next_pos = next_pos + feed
             logits = out.logits[:, -1]

@@ -8,8 +8,10 @@ never a randomly initialised layer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +148,20 @@ def check_loading_info(name: str, model: torch.nn.Module, info: dict[str, Any]) 
             "leave those layers randomly initialised; is this the right checkpoint (or reward_type) for this model?")
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bars: a load either works or raises a ModelLoadError that says why."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(
     auto_cls: Any,
     name_or_path: str,
@@ -189,16 +205,17 @@ def load_pretrained(
                                             gguf_file=kwargs.get("gguf_file"))
         check_tokenizer(shown, tok)
         check_chat_template(shown, getattr(tok, "chat_template", None))
-        loaded = auto_cls.from_pretrained(
-            name_or_path,
-            device_map=device_map,
-            dtype=resolve_dtype(dtype, device_map),
-            trust_remote_code=trust_remote_code,
-            revision=revision,
-            use_safetensors=kwargs.pop("use_safetensors", None),
-            output_loading_info=True,
-            **kwargs,
-        )
+        with _quiet_loading():
+            loaded = auto_cls.from_pretrained(
+                name_or_path,
+                device_map=device_map,
+                dtype=resolve_dtype(dtype, device_map),
+                trust_remote_code=trust_remote_code,
+                revision=revision,
+                use_safetensors=kwargs.pop("use_safetensors", None),
+                output_loading_info=True,
+                **kwargs,
+            )
     except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
         # (pickle checkpoints load with weights_only=True: one that holds code fails here, unrun)
         raise ModelLoadError(f"could not load {shown!r} with {auto_cls.__name__}: {e}") from e

@@ -62,3 +62,21 @@ def test_timeout_stops_waiting_while_a_slow_reward_still_runs(tiny_paths):
     release.set()
     out = ChatRSD(decoder=dec, max_tokens=4).invoke(Q)  # the decoder serves the next call
     assert out.usage_metadata["output_tokens"] >= 1
+
+
+def test_token_counts_use_the_target_tokenizer(chat):
+    tok = chat.get_decoder().target.tokenizer
+    assert chat.get_token_ids(Q) == tok(Q, add_special_tokens=False).input_ids
+    assert chat.get_num_tokens(Q) == len(tok(Q, add_special_tokens=False).input_ids) > 0
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_an_empty_prompt_is_refused_the_same_way_everywhere(chat, llm, prompt):
+    from rsd_core.errors import InvalidPromptError
+
+    with pytest.raises(InvalidPromptError, match="empty"):
+        chat.invoke(prompt)
+    with pytest.raises(InvalidPromptError, match="empty"):
+        llm.complete(prompt)
+    with pytest.raises(InvalidPromptError, match="empty"):
+        chat.get_decoder().generate([[{"role": "user", "content": prompt}]])
