@@ -13,8 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class FlopCounter:
     attn_dim: int
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module) -> FlopCounter:
+    def for_model(cls, model: Any) -> FlopCounter:
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         params = {id(p): p.numel() for p in model.parameters()}
         total = sum(params.values())

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.events import ModelUsage
-from rsd_core.runtime.cached_model import cache_kwarg, drop_tail
+from rsd_core.runtime.cached_model import cache_kwarg, drop_tail, embedding_weight
 from rsd_core.sampling import sample_next
 
 
@@ -112,12 +112,12 @@ class FastCachedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return embedding_weight(self.model).device
 
     # ------------------------------------------------------------------ slots
     def _alloc(self, slots: int) -> None:
         layers, kv_heads, head_dim = self._shape
-        dtype = self.model.get_input_embeddings().weight.dtype
+        dtype = embedding_weight(self.model).dtype
         self.slots = slots
         self.kv = SlotKVCache(layers, slots, kv_heads, head_dim, self.max_len, dtype, self.device)
         self.valid = torch.zeros(slots, self.max_len, dtype=torch.bool, device=self.device)
@@ -264,7 +264,7 @@ class FastCachedModel:
 
         def pick(lg: torch.Tensor) -> torch.Tensor:
             lg = lg[:, :limit]
-            tok = lg.argmax(-1) if greedy else sample_next(lg, sampling, generator)
+            tok = lg.argmax(-1) if greedy or sampling is None else sample_next(lg, sampling, generator)
             if constrained is not None and constrained.rows:
                 tok = constrained.pick(lg, tok, (~d["done"]).tolist(), sampling, generator)
             return tok

@@ -24,7 +24,7 @@ from rsd_core.constraints import ConstrainedRows, Cursor
 from rsd_core.errors import PromptTooLongError
 from rsd_core.events import ModelUsage
 from rsd_core.messages import with_tools_in_system_turn
-from rsd_core.runtime.cached_model import CachedModel, StepBoundary
+from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 
 __all__ = ["CachedModel", "HFGenerator", "StepBoundary", "context_length", "eos_token_ids", "load_pretrained",
@@ -169,7 +169,7 @@ class HFGenerator:
     @property
     def boundary(self) -> StepBoundary:
         if self._boundary is None:
-            vocab = self.model.get_input_embeddings().weight.shape[0]
+            vocab = int(embedding_weight(self.model).shape[0])
             self._boundary = StepBoundary(self.tokenizer, self._delimiters, self.eos_ids, vocab, self.cached.device)
         return self._boundary
 

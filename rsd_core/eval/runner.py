@@ -323,7 +323,7 @@ def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Seq
                 if on_record:
                     on_record(r)
             bar.update(len(batch))
-            n_correct += sum(r["correct"] for r in rows)
+            n_correct += sum(bool(r["correct"]) for r in rows)
             bar.set_postfix(acc=f"{n_correct / (len(kept) + len(fresh)):.3f}")
         bar.close()
         by_id = {r["id"]: r for r in kept + fresh}

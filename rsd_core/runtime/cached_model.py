@@ -24,6 +24,12 @@ from rsd_core.events import ModelUsage
 from rsd_core.sampling import sample_next
 
 
+def embedding_weight(model: Any) -> torch.Tensor:
+    """The input embedding matrix (where a model's device, dtype and padded vocabulary size are read)."""
+    weight: torch.Tensor = model.get_input_embeddings().weight
+    return weight
+
+
 def cache_kwarg(model: Any) -> str:
     """The name a model's forward takes its KV cache under: ``cache`` (transformers 5.2x on) or
     ``past_key_values`` (earlier releases, and remote code written for them)."""
@@ -96,7 +102,7 @@ class SeqState:
     usage: ModelUsage = field(default_factory=ModelUsage)
 
 
-def _cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
@@ -116,7 +122,7 @@ class CachedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return embedding_weight(self.model).device
 
     # sequence bookkeeping -------------------------------------------------
     def new(self, seq: int, ids: list[int]) -> None:
@@ -231,7 +237,7 @@ class CachedModel:
             k = ref.new_zeros((len(states), ref.shape[1], P, ref.shape[3]))
             v = torch.zeros_like(k)
             for i, s in enumerate(states):
-                if s.n_cached:
+                if s.n_cached and s.kv:
                     k[i, :, P - s.n_cached :] = s.kv[layer][0][0]
                     v[i, :, P - s.n_cached :] = s.kv[layer][1][0]
             data.append((k, v))

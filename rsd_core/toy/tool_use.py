@@ -287,7 +287,8 @@ def make_react_lesson(rng: random.Random) -> tuple[list[dict[str, Any]], str]:
     if kind < 0.2:  # a word problem: answer it, no tool
         tools = [_random_tool(rng)[0] for _ in range(rng.randint(1, 2))]
         p = make_problem(rng)
-        question, reasoning, answer = p.question, [], f"{REACT_THOUGHT_DONE}\nAnswer: {p.solution}"
+        reasoning: list[Any] = []
+        question, answer = p.question, f"{REACT_THOUGHT_DONE}\nAnswer: {p.solution}"
     else:
         msgs, tools, call, _ = _named_call(rng) if rng.random() < 0.7 else _described_call(rng)
         question = msgs[0]["content"]

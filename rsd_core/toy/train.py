@@ -30,6 +30,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -62,7 +63,7 @@ def _config(tok: PreTrainedTokenizerFast, name: str, **extra) -> Qwen2Config:
         intermediate_size=mlp,
         max_position_embeddings=4096,  # RoPE: longer prompts than training's still run (e.g. RAG templates)
         tie_word_embeddings=True,
-        rope_theta=10000.0,
+        rope_theta=10000.0,  # type: ignore[call-arg]  # still taken as a keyword; typed as rope_parameters
         bos_token_id=None,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
@@ -79,7 +80,7 @@ def _reloaded(tok: PreTrainedTokenizerFast, tmp: Path, sample: list[str]) -> Pre
     tmp.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(tmp)
     Qwen2Config(vocab_size=len(tok)).save_pretrained(tmp)
-    loaded = AutoTokenizer.from_pretrained(tmp)
+    loaded: Any = AutoTokenizer.from_pretrained(tmp)
     shutil.rmtree(tmp)
     for text in sample:
         if loaded(text).input_ids != tok(text).input_ids:
@@ -88,7 +89,8 @@ def _reloaded(tok: PreTrainedTokenizerFast, tmp: Path, sample: list[str]) -> Pre
 
 
 def chat_prompt(tok: PreTrainedTokenizerFast, question: str) -> str:
-    return tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return str(tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                       add_generation_prompt=True))
 
 
 def _lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -143,6 +145,7 @@ def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     n_tools = round(batch * tool_share) - react_rows
+    tool_rng = tool_rng if tool_rng is not None else random.Random(0)  # drawn from only when tool_share > 0
     for step in range(steps):
         tool_rows = [_tool_lesson_ids(tok, tool_rng) for _ in range(n_tools)]
         react = [_react_lesson_ids(tok, tool_rng) for _ in range(react_rows)]
@@ -200,7 +203,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
             "target-tools": (int(TOOL_STEPS * scale), 1.2e-3), "target-react": (int(REACT_STEPS * scale), 1e-3),
             "prm": (int(300 * scale), 5e-4)}
     out.mkdir(parents=True, exist_ok=True)
-    models = {}
+    models: dict[str, Qwen2ForCausalLM] = {}
     for name in ("target", "draft"):
         if name not in only:
             continue
