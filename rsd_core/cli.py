@@ -84,6 +84,12 @@ def _fmt_flops(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _n_params(part: Any) -> int:
+    """Non-embedding parameters of a local model (0 when it is served or a function)."""
+    flops = getattr(getattr(part, "cached", None), "flops", None)
+    return int(flops.n_params) if flops is not None else 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from rsd_core.decoder import RewardGuidedDecoder
     from rsd_core.eval.datasets import toy_examples
@@ -113,6 +119,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     share = r["tokens"]["target"]["decode"] / max(1, tgt["tokens"]["target"]["decode"])
     print(f"\nRSD kept {r['acceptance_rate']:.0%} of draft steps; the target wrote {share:.0%} of the tokens it writes "
           f"alone. (decode tokens shown; {time.perf_counter() - t0:.1f}s in all)")
+    if r["flops"]["total"] > tgt["flops"]["total"] and _n_params(dec.target):
+        d, t_, p = (_n_params(dec.draft), _n_params(dec.target), _n_params(dec.reward))
+        sizes = f"the draft is {d / t_:.0%} of the target" + (f" and the PRM {p / t_:.0%}" if p else "")
+        print(f"RSD spends more FLOPs than the target alone here because {sizes}: every draft step is written "
+              "by the draft and read by the PRM. The paper's saving needs a draft and PRM much smaller than the "
+              "target (1.5B or 7B next to 72B); see docs/evaluation.md.")
     return 0
 
 
@@ -218,7 +230,7 @@ def _validation_message(e: Any) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rsd", description="Reward-Guided Speculative Decoding")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU, under a minute)")
+    d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU; a minute or two)")
     d.add_argument("--n", type=int, default=60, help="problems in the comparison table")
     d.add_argument("--show", type=int, default=3, help="problems printed step by step")
     d.set_defaults(fn=cmd_demo)
