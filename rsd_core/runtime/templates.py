@@ -26,9 +26,13 @@ MEMORY_LIMIT_BYTES = 2 << 30
 MAX_RENDERED_CHARS = 1 << 20  # a four-message probe chat renders to a few hundred characters
 
 _PROBE = r"""
-import json, resource, sys
-limit = int(sys.argv[1])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+import json, sys
+try:
+    import resource
+    limit = int(sys.argv[1])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+except (ImportError, ValueError, OSError):  # no rlimits here (Windows): the time limit still holds
+    pass
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 job = json.loads(sys.stdin.read())
