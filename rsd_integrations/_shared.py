@@ -65,6 +65,24 @@ def close_decoder(dec: RewardGuidedDecoder) -> None:
     dec.close()
 
 
+class ClosesItsDecoder:
+    """``close()`` and ``with`` for a client: closing stops the decoder it runs on (its batching thread ends);
+    a decoder shared with other clients naming the same models is closed for them too, and the next
+    client loads it again."""
+
+    def get_decoder(self) -> RewardGuidedDecoder:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        close_decoder(self.get_decoder())
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def get_decoder(spec: ModelSpec) -> RewardGuidedDecoder:
     """The decoder for these models, loaded on first use and shared afterwards."""
     spec = spec.canonical()

@@ -53,9 +53,9 @@ from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import (
+    ClosesItsDecoder,
     ModelSpec,
     Request,
-    close_decoder,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -173,7 +173,7 @@ def _step_record(e: StepEvent) -> dict[str, Any]:
             "weight": e.weight, "accepted": e.accepted, "num_tokens": e.num_tokens, "text": e.text}
 
 
-class ChatRSD(BaseChatModel):
+class ChatRSD(ClosesItsDecoder, BaseChatModel):
     """Reward-guided speculative decoding as a chat model: a draft writes, a PRM judges, a target fixes.
 
     Args:
@@ -244,17 +244,6 @@ class ChatRSD(BaseChatModel):
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` by the target model's tokenizer (what ``get_num_tokens`` counts)."""
         return list(self.get_decoder().target.tokenizer(text, add_special_tokens=False).input_ids)
-
-    def close(self) -> None:
-        """Close the decoder this ChatRSD runs on (its batching thread stops; a decoder shared with other
-        clients naming the same models is closed for them too, and the next client loads it again)."""
-        close_decoder(self.get_decoder())
-
-    def __enter__(self) -> ChatRSD:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def get_decoder(self) -> RewardGuidedDecoder:
         """The shared decoder for these models (loaded on first use)."""

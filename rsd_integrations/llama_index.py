@@ -41,9 +41,9 @@ from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import (
+    ClosesItsDecoder,
     ModelSpec,
     Request,
-    close_decoder,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -119,7 +119,7 @@ def to_chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return validate_messages(out)
 
 
-class RSDLLM(FunctionCallingLLM):
+class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
     """Reward-guided speculative decoding behind LlamaIndex's LLM interface.
 
     Same options as ``ChatRSD``: ``model`` (target), ``draft_model``, ``reward_model``, ``threshold``,
@@ -155,17 +155,6 @@ class RSDLLM(FunctionCallingLLM):
         return "RSDLLM"
 
     # ------------------------------------------------------------------ models and metadata
-    def close(self) -> None:
-        """Close the decoder this RSDLLM runs on (its batching thread stops; a decoder shared with other
-        clients naming the same models is closed for them too, and the next client loads it again)."""
-        close_decoder(self.get_decoder())
-
-    def __enter__(self) -> RSDLLM:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def get_decoder(self) -> RewardGuidedDecoder:
         if self._decoder is None:
             self._decoder = get_decoder(ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type,
