@@ -445,7 +445,7 @@ class _Run:
         """The PRM's reward for each sequence's newest step, each checked to be a number in [0, 1]."""
         values = self._model("reward", self.reward.score, [s.id for s in seqs],
                              [s.unscored + t for s, t in zip(seqs, texts)])
-        return list(checked_rewards(values, len(seqs), f"reward model {getattr(self.reward, 'name', '?')!r}"))
+        return checked_rewards(values, len(seqs), f"reward model {getattr(self.reward, 'name', '?')!r}")
 
     def _model(self, role: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A model call; its failure becomes a ``ModelRunError`` naming the model (the run then releases

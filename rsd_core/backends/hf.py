@@ -26,6 +26,7 @@ from rsd_core.events import ModelUsage
 from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+from rsd_core.runtime.tokens import control_strings
 
 __all__ = ["CachedModel", "HFGenerator", "StepBoundary", "context_length", "eos_token_ids", "load_pretrained",
            "render_prompt"]
@@ -50,15 +51,9 @@ def context_length(model: PreTrainedModel) -> int:
     return int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
 
 
-def _control_strings(tokenizer: Any) -> list[str]:
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return sorted({t.content for t in added.values() if getattr(t, "special", False)} |
-                  set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
-
-
 def _with_untrusted_marked(tokenizer: Any, chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The chat with each user or tool message that spells a control token replaced by a marker."""
-    controls = [c for c in _control_strings(tokenizer) if c]
+    controls = control_strings(tokenizer)
     untrusted: dict[str, str] = {}
     out = []
     for i, m in enumerate(chat):

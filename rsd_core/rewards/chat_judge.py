@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rsd_core.rewards.base import Conversation, question_of
-from rsd_core.rewards.format import MARKER, PRMFormat, render_chat, split_at_marker, token_id
+from rsd_core.rewards.format import MARKER, PRMFormat, render_chat, token_id
 from rsd_core.rewards.incremental import IncrementalPRM
 
 
@@ -88,11 +88,9 @@ class JudgeFormat(PRMFormat):
         self.prompt, self.question_template = prompt, question_template
         self.step_template, self.ask_template = step_template, ask_template
         self.yes_id, self.no_id = token_id(tokenizer, yes, "the yes token"), token_id(tokenizer, no, "the no token")
-        # What the template puts before and after the user's text, learned once with a marker.
-        self._pre, self._post = split_at_marker(tokenizer, [{"role": "system", "content": prompt},
-                                                            {"role": "user", "content": MARKER}])
-        self._post = render_chat(tokenizer, [{"role": "system", "content": prompt},
-                                             {"role": "user", "content": MARKER}], True).split(MARKER, 1)[1]
+        # What the template puts before the user's text and after it, up to the reply: learned once, with a marker.
+        asked = [{"role": "system", "content": prompt}, {"role": "user", "content": MARKER}]
+        self._pre, self._post = render_chat(tokenizer, asked, True).split(MARKER, 1)
 
     def header_ids(self, conversation: Conversation) -> list[int]:
         return self.encode(self._pre + self.question_template.format(question=question_of(conversation)))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from rsd_core.rewards.base import Conversation
+from rsd_core.runtime.tokens import control_strings
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,12 @@ class PRMFormat(ABC):
 
         Tokenizers merge across a boundary (SentencePiece's word-initial ``▁``, BPE's whitespace runs), so
         a piece tokenized alone can differ from the same piece inside the whole string. ``context`` is
-        the text just before ``text`` (short: only what can merge with it). If the context's own ids
-        change when ``text`` follows, the piece alone is used and a warning says so.
+        the text just before ``text``; only its part after the last control token is tokenized again (text
+        never merges across a control token), so a step costs its own length, not the prefix's. If the
+        context's own ids change when ``text`` follows, the piece alone is used and a warning says so.
         """
+        cut = max((context.rfind(c) + len(c) for c in control_strings(self.tokenizer) if c in context), default=0)
+        context = context[cut:]
         before = self.encode(context)
         both = self.encode(context + text)
         if both[: len(before)] != before:

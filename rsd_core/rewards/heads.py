@@ -22,6 +22,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import TokenClassifierOutput
 
 from rsd_core.errors import ModelLoadError
+from rsd_core.runtime.cached_model import cache_kwarg
 
 
 def _backbone_class(config: PretrainedConfig, what: str) -> type[PreTrainedModel]:
@@ -39,6 +40,7 @@ class _HeadMixin:
     """A backbone (under the family's own prefix, ``model``) and one head, with the causal-LM call signature."""
 
     base_model_prefix: str
+    _cache_kw: str  # the backbone's name for its KV cache, looked up once
 
     def get_input_embeddings(self) -> nn.Module:
         return getattr(self, self.base_model_prefix).get_input_embeddings()
@@ -47,12 +49,10 @@ class _HeadMixin:
                 position_ids: torch.Tensor | None = None, cache: Any = None, past_key_values: Any = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None, logits_to_keep: int = 0,
                 **kwargs: Any) -> TokenClassifierOutput:
-        from rsd_core.runtime.cached_model import cache_kwarg
-
         backbone = getattr(self, self.base_model_prefix)
         kv = cache if cache is not None else past_key_values
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          inputs_embeds=inputs_embeds, use_cache=use_cache, **{cache_kwarg(backbone): kv},
+                          inputs_embeds=inputs_embeds, use_cache=use_cache, **{self._cache_kw: kv},
                           **kwargs).last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -76,6 +76,7 @@ def _with_head(config: PretrainedConfig, what: str, head_name: str, build: Any, 
     def __init__(self: Any, cfg: PretrainedConfig) -> None:
         base.__init__(self, cfg)  # type: ignore[misc]  # the family's base, as its own classes call it
         setattr(self, self.base_model_prefix, backbone_cls(cfg))
+        self._cache_kw = cache_kwarg(getattr(self, self.base_model_prefix))
         setattr(self, head_name, build(cfg))
         self.post_init()
 

@@ -58,7 +58,11 @@ def metadata_dir(name_or_path: str, revision: str | None = None) -> Path:
 
 def read_config(name_or_path: str, revision: str | None = None) -> dict[str, Any]:
     """The checkpoint's ``config.json`` as a dict (a clear error if it has none or it is damaged)."""
-    folder = metadata_dir(name_or_path, revision)
+    return config_in(metadata_dir(name_or_path, revision), name_or_path)
+
+
+def config_in(folder: Path, name_or_path: str) -> dict[str, Any]:
+    """``config.json`` of a checkpoint folder already found (``metadata_dir``)."""
     cfg = folder / "config.json"
     if not cfg.is_file():
         raise ModelLoadError(f"{name_or_path!r} has no config.json: it is not a transformers checkpoint")

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from rsd_core.errors import ModelLoadError
-from rsd_core.runtime.checkpoints import looks_like_path, metadata_dir, needs_sentencepiece, read_config
+from rsd_core.runtime.checkpoints import config_in, metadata_dir, needs_sentencepiece
 from rsd_core.runtime.templates import check_chat_template
 
 LOAD_OPTIONS = ("device_map", "dtype", "trust_remote_code", "revision")
@@ -66,22 +66,6 @@ def _missing_module(mod: str) -> bool:
         return importlib.util.find_spec(mod) is None
     except ModuleNotFoundError:
         return True
-
-
-def check_local_checkpoint(path: Path) -> None:
-    """A folder holding a readable ``config.json``, or ``ModelLoadError`` saying what is wrong."""
-    import json
-
-    if not path.is_dir():
-        raise ModelLoadError(f"{str(path)!r} is a file; a checkpoint is a folder with config.json and weights, "
-                             "or a .gguf file")
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        raise ModelLoadError(f"{str(path)!r} has no config.json: it is not a transformers checkpoint")
-    try:
-        json.loads(cfg.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{str(cfg)!r} is not valid JSON ({e}): the checkpoint is damaged") from None
 
 
 # Far past any released model; a config beyond these is damaged or hostile (building it would hang or exhaust memory).
@@ -187,18 +171,18 @@ def load_pretrained(
     if local.exists():
         if gguf:
             name_or_path, kwargs["gguf_file"] = str(local.parent), local.name
+        elif local.is_file():
+            raise ModelLoadError(f"{shown!r} is a file; a checkpoint is a folder with config.json and weights, "
+                                 "or a .gguf file")
         else:
-            check_local_checkpoint(local)
             name_or_path = str(local)
         kwargs.setdefault("local_files_only", True)
-    elif looks_like_path(name_or_path):
-        raise ModelLoadError(f"{shown!r}: no such file or directory (a hub id has the form 'org/name')")
     if kwargs.get("gguf_file"):
         require_gguf(shown)
     else:
-        folder = metadata_dir(name_or_path, revision)
+        folder = metadata_dir(name_or_path, revision)  # a missing local path fails here, never tried on the hub
         require_sentencepiece(shown, folder)
-        check_config_sizes(shown, read_config(name_or_path, revision))
+        check_config_sizes(shown, config_in(folder, shown))
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision,
                                             local_files_only=kwargs.get("local_files_only", False),
