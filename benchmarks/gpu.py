@@ -5,7 +5,8 @@
 Random bf16 weights, built on the GPU from the public shapes (no download). Prints one table, last:
 
 - ms/token at batch 1 for each model: transformers ``generate`` eager, static cache, ours (the fast path),
-  and ours as a fraction of the bandwidth limit (weight bytes / measured copy bandwidth);
+  the native engine (eager), and the fast path as a fraction of the bandwidth limit (weight bytes /
+  measured copy bandwidth);
 - RSD with a 1.5B draft, a 7B target and a 1.5B PRM, 64-token steps, where each step is accepted with a
   fixed probability α (random weights make real rewards meaningless; the PRM still runs, so its cost
   counts): wall time vs target-only on the same prompts, beside the ideal speedup computed from this
@@ -249,6 +250,13 @@ def main() -> int:
         except Exception as e:
             R["errors"].append(f"ours {name}: {e!r}")
             traceback.print_exc()
+        try:  # the native engine (Llama-family forward over KV slots), eager: no CUDA graph yet
+            native = HFGenerator(m, tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048)
+            row["native_ms"], row["native_chunk64_ms"] = ours_ms_per_token(native, 1000 * (1 + len(per_token)) + 500)
+            del native
+        except Exception as e:
+            R["errors"].append(f"native {name}: {e!r}")
+            traceback.print_exc()
         try:
             row["hf_eager_ms"] = hf_ms_per_token(m, static=False)
         except Exception as e:
@@ -326,11 +334,13 @@ def print_table(R: dict[str, Any]) -> None:
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     print(f"\n{R['device']}, torch {R['torch']}, transformers {R['transformers']}, "
           f"copy bandwidth {R['copy_bandwidth_GBps']:.0f} GB/s, {R['total_s']:.0f} s")
-    print("| model | HF eager ms/tok | HF static ms/tok | ours ms/tok | limit ms/tok | ours / limit | fast==plain |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | HF eager ms/tok | HF static ms/tok | ours (fast) ms/tok | native engine ms/tok | limit ms/tok "
+          "| fast / limit | fast==plain |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in R["per_token"].items():
         chk = R["check"].get(name, {})
         print(f"| {name} | {f(row.get('hf_eager_ms'))} | {f(row.get('hf_static_ms'))} | {f(row.get('ours_ms'))} | "
+              f"{f(row.get('native_ms'))} | "
               f"{f(row.get('limit_ms'))} | {f(row.get('fraction_of_limit'))} | "
               f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} |")
     print("\n| batch | α | wall s | problems/s | acceptance | speedup vs target-only | ideal | of ideal |")

@@ -50,6 +50,10 @@ class RSDConfig(BaseModel):
         max_new_tokens / max_steps / max_step_tokens: budgets per sequence.
         draft_sampling / target_sampling: per-model sampling; greedy by default.
         seed: makes sampling and stochastic acceptance reproducible.
+        speculative_rewrite: when a draft step is rejected, the target first verifies that step's tokens
+            in one forward and keeps the longest prefix its own decoding would write (greedy: exact
+            match; sampling: the speculative-sampling rule), then writes on. Lossless: the target's
+            text is unchanged, only fewer target forwards run. Needs one tokenizer for draft and target.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -65,6 +69,7 @@ class RSDConfig(BaseModel):
     draft_sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     target_sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     seed: int | None = Field(None, ge=0, le=2**62)  # seed + offsets must fit torch's 64-bit generator
+    speculative_rewrite: bool = True
 
     @field_validator("step_delimiters")
     @classmethod

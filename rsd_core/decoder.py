@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import random
 import threading
@@ -327,6 +328,10 @@ class _Run:
         self.uses_draft = mode != "target"
         self.uses_target = mode != "draft"
         self.uses_reward = mode == "rsd" or score_all
+        # The target verifies a rejected step before rewriting it: same tokenizer (the ids mean the same),
+        # no grammar (its rows pick tokens on the host), and a target that takes proposals.
+        self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
+                           and "proposals" in inspect.signature(dec.target.generate_step).parameters)
         self.rng = random.Random(cfg.seed)
         self.t0 = time.perf_counter()
 
@@ -416,9 +421,15 @@ class _Run:
     def _target_writes(self, seqs: list[_Seq], reason: Literal["rejected", "target_only"],
                        rejected: list[tuple[_Seq, Step, float | None]] | None = None) -> None:
         lags = [s.target_lag for s in seqs]
+        kwargs = self._constraints(seqs)
+        if rejected and self.speculates:
+            # A sampled draft step is verified against the distributions it was drawn from; where the
+            # draft kept none, the target writes from scratch.
+            sampled = not self.cfg.draft_sampling.greedy
+            kwargs["proposals"] = [None if sampled and step.probs is None else step for _, step, _ in rejected]
         t = time.perf_counter()
         steps = self._model("target", self.target.generate_step, [s.id for s in seqs],
-                            [self._budget(s, self.target) for s in seqs], **self._constraints(seqs))
+                            [self._budget(s, self.target) for s in seqs], **kwargs)
         target_s = time.perf_counter() - t
         rewards: list[Any] = [None] * len(seqs)
         if self.uses_reward:
@@ -431,9 +442,14 @@ class _Run:
             s.target_lag = 0
             s.stats.target_invocations += 1
             s.stats.target_steps += 1
+            if rejected:
+                s.stats.rewritten_steps += 1
+                s.stats.rewrite_forwards += step.forwards
+                s.stats.speculated_tokens += step.speculated
             rej_text, rej_reward = (rejected[i][1].text, rejected[i][2]) if rejected else (None, None)
             dispatch(self.callbacks, "on_target_invocation", TargetInvocationEvent(
-                s.index, s.n_steps, reason, rej_text, rej_reward, lags[i], len(step.token_ids), target_s))
+                s.index, s.n_steps, reason, rej_text, rej_reward, lags[i], len(step.token_ids), target_s,
+                step.speculated))
             event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "target", r, None, True,
                               is_final=step.eos, latency_s={"target": target_s}, token_ids=step.token_ids)
             s.steps.append(event)
@@ -463,6 +479,8 @@ class _Run:
             self.draft.reseed(self.cfg.seed)
             self.draft.sampling = self.cfg.draft_sampling
             self.draft.set_step_delimiters(self.cfg.step_delimiters)
+            if hasattr(self.draft, "keep_probs"):  # a sampled draft step is verified against what it was drawn from
+                self.draft.keep_probs = self.speculates and not self.cfg.draft_sampling.greedy
         if self.uses_target:
             self.target.reseed(None if self.cfg.seed is None else self.cfg.seed + 1)
             self.target.sampling = self.cfg.target_sampling

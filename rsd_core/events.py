@@ -56,6 +56,7 @@ class TargetInvocationEvent:
     catch_up_tokens: int  # accepted draft tokens the target read first (lazily, only now)
     num_tokens: int  # tokens the target wrote
     latency_s: float
+    speculated_tokens: int = 0  # of those, taken from the rejected step after the target verified them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +93,11 @@ class GenerationStats:
     accepted_draft_steps: int = 0
     target_steps: int = 0
     target_invocations: int = 0
+    # The target's rewrites of rejected steps: how many, their forward passes, and the tokens each kept
+    # from the rejected step it was given to verify (``RSDConfig.speculative_rewrite``).
+    rewritten_steps: int = 0
+    rewrite_forwards: int = 0
+    speculated_tokens: int = 0
     draft: ModelUsage = field(default_factory=ModelUsage)
     target: ModelUsage = field(default_factory=ModelUsage)
     reward: ModelUsage = field(default_factory=ModelUsage)
@@ -101,6 +107,11 @@ class GenerationStats:
     def acceptance_rate(self) -> float | None:
         """Accepted draft steps / judged draft steps (None when the draft never proposed)."""
         return self.accepted_draft_steps / self.draft_steps if self.draft_steps else None
+
+    @property
+    def forwards_per_rewrite(self) -> float | None:
+        """Target forward passes per rewritten step (None without rewrites or where not counted)."""
+        return self.rewrite_forwards / self.rewritten_steps if self.rewritten_steps and self.rewrite_forwards else None
 
     @property
     def total_flops(self) -> float:
@@ -115,6 +126,9 @@ class GenerationStats:
         self.accepted_draft_steps += other.accepted_draft_steps
         self.target_steps += other.target_steps
         self.target_invocations += other.target_invocations
+        self.rewritten_steps += other.rewritten_steps
+        self.rewrite_forwards += other.rewrite_forwards
+        self.speculated_tokens += other.speculated_tokens
         self.draft.add(other.draft)
         self.target.add(other.target)
         self.reward.add(other.reward)
@@ -123,6 +137,7 @@ class GenerationStats:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["acceptance_rate"] = self.acceptance_rate
+        d["forwards_per_rewrite"] = self.forwards_per_rewrite
         d["total_flops"] = self.total_flops
         d["total_paper_flops"] = self.total_paper_flops
         return d

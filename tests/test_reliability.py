@@ -432,11 +432,25 @@ def test_soak_sequential_calls_hold_memory_threads_and_files(shared):
 
 
 class _FailOn:
-    """Makes a model raise on its k-th forward from now."""
+    """Makes a model raise on its k-th forward from now: a forward hook on a transformers model, or, for a
+    generator on the native engine (which runs the weights without the module), its forward function."""
 
     def __init__(self, model, k, error):
         self.n, self.k, self.error = 0, k, error
-        self.handle = model.register_forward_pre_hook(self)
+        engine = getattr(getattr(model, "cached", None), "forward", None)
+        if engine is not None and not isinstance(model, torch.nn.Module):
+            self.owner, self.real = model.cached, engine
+            real = engine
+
+            def failing(*a, **kw):
+                self(*a)
+                return real(*a, **kw)
+
+            model.cached.forward = failing
+            self.handle = None
+        else:
+            model = getattr(model, "model", model)
+            self.handle = model.register_forward_pre_hook(self)
 
     def __call__(self, *a):
         self.n += 1
@@ -444,7 +458,10 @@ class _FailOn:
             raise self.error
 
     def remove(self):
-        self.handle.remove()
+        if self.handle is not None:
+            self.handle.remove()
+        else:
+            self.owner.forward = self.real  # back to the engine's own
 
 
 @pytest.mark.parametrize("role, error, oom", [
@@ -453,7 +470,7 @@ class _FailOn:
     ("reward", RuntimeError("device-side assert triggered"), False),
 ])
 def test_a_model_failing_mid_step_fails_the_call_cleanly(toy, role, error, oom):
-    model = {"draft": toy.draft.model, "target": toy.target.model, "reward": toy.reward.model}[role]
+    model = {"draft": toy.draft, "target": toy.target, "reward": toy.reward.model}[role]
     cfg = toy.config.model_copy(update={"threshold": 0.9999})  # every role runs
     fail = _FailOn(model, 3, error)
     try:
@@ -469,7 +486,7 @@ def test_a_model_failing_mid_step_fails_the_call_cleanly(toy, role, error, oom):
 def test_a_failure_inside_a_batch_reaches_every_caller_and_the_model_lives_on(shared):
     llm = ChatRSD(max_tokens=64)
     want = llm.invoke(QUESTIONS[3]).content
-    fail = _FailOn(shared.target.model, 2, RuntimeError("boom"))
+    fail = _FailOn(shared.target, 2, RuntimeError("boom"))
     try:
         outs = llm.batch(QUESTIONS[:6], return_exceptions=True)
     finally:

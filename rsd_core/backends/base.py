@@ -7,7 +7,7 @@ step (``generate_step``) or takes back the newest tokens (``rollback``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rsd_core.config import SamplingConfig
@@ -27,6 +27,10 @@ class Step:
     text: str  # decoded, delimiter included, special tokens left out
     eos: bool  # ended at end-of-sequence
     delimited: bool  # ended at a step delimiter (otherwise the token budget ran out)
+    # The distributions each token was drawn from ([n, V]), kept only when sampling for a speculated rewrite.
+    probs: Any = field(default=None, repr=False)
+    forwards: int = 0  # forward passes this step took (0: not counted by this generator)
+    speculated: int = 0  # leading tokens kept from a proposal (a rejected draft step) instead of decoded
 
 
 @runtime_checkable

@@ -25,8 +25,8 @@ from transformers import PreTrainedModel
 
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
-from rsd_core.events import ModelUsage
-from rsd_core.runtime.cached_model import cache_kwarg, drop_tail, embedding_weight
+from rsd_core.runtime.cached_model import cache_kwarg, embedding_weight
+from rsd_core.runtime.ledger import Ledger
 from rsd_core.sampling import sample_next
 
 
@@ -70,16 +70,13 @@ class SlotKVCache:
 
 
 @dataclass
-class FastSeq:
-    ids: list[int]
-    slot: int
-    cols: list[int] = field(default_factory=list)  # cache column of each cached token, in order
-    own_unfed: int = 0
-    usage: ModelUsage = field(default_factory=ModelUsage)
+class FastSeq(Ledger):
+    slot: int = 0
+    cols: list[int] = field(default_factory=list)  # cache column of each cached token, in order (n_cached of them)
 
-    @property
-    def n_cached(self) -> int:
-        return len(self.cols)
+    def cache_columns(self, cols: range) -> None:
+        self.cols.extend(cols)
+        self.n_cached = len(self.cols)
 
 
 def fast_path_supported(model: PreTrainedModel) -> bool:
@@ -152,15 +149,15 @@ class FastCachedModel:
     def new(self, seq: int, ids: list[int]) -> None:
         if not self.free:
             self._grow(self.slots + 1)
-        self.states[seq] = FastSeq(list(ids), self.free.pop(0))
+        self.states[seq] = FastSeq(list(ids), slot=self.free.pop(0))
 
     def append(self, seq: int, ids: list[int]) -> None:
         self.states[seq].ids.extend(ids)
 
     def truncate(self, seq: int, n_remove: int) -> None:
         s = self.states[seq]
-        keep = drop_tail(s, n_remove)
-        if s.n_cached > keep:  # roll back by index: those columns are simply no longer attended to
+        keep = s.drop_tail(n_remove)
+        if len(s.cols) > keep:  # roll back by index: those columns are simply no longer attended to
             dropped = s.cols[keep:]
             del s.cols[keep:]
             self.valid[s.slot, torch.tensor(dropped, device=self.device)] = False
@@ -206,9 +203,11 @@ class FastCachedModel:
     @torch.inference_mode()
     def run(self, seqs: list[int], *, budgets: list[int] | None = None, sampling: SamplingConfig | None = None,
             generator: torch.Generator | None = None, boundary: Any = None, sync_every: int = 8,
-            all_positions: bool = False, vocab_limit: int | None = None,
-            constrained: Any = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+            all_positions: bool = False, vocab_limit: int | None = None, constrained: Any = None,
+            first_prev: list[int] | None = None,
+            probs_out: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """As ``CachedModel.run``: read the pending tokens of ``seqs``, then decode until each step ends.
+        ``probs_out`` is left empty: this path keeps no sampling distributions.
 
         Rows under a grammar (``constrained``) pick their tokens on the host, so those steps run eagerly.
         """
@@ -237,7 +236,7 @@ class FastCachedModel:
         logits = self._replay(("chunk", N, L, all_positions), lambda: self._chunk_body(N, L, all_positions))
         self.col += N
         for s, c in zip(states, chunks):
-            s.cols.extend(range(col + N - len(c), col + N))
+            s.cache_columns(range(col + N - len(c), col + N))
             s.usage.prefill_tokens += len(c) - s.own_unfed
             s.usage.flops += self.flops.forward(len(c), s.n_cached - len(c))
             s.usage.calls += 1
@@ -255,6 +254,8 @@ class FastCachedModel:
         for k in ("n_gen", "eos", "t"):
             d[k].zero_()
         d["prev"].fill_(boundary.none)
+        if first_prev is not None:
+            d["prev"][slots] = torch.tensor(first_prev, device=dev)
         d["pos"].copy_(buf["pos"][:, -1] + 1)
         limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
         greedy = sampling is None or sampling.greedy
@@ -288,13 +289,15 @@ class FastCachedModel:
         for s, row, n in zip(states, rows, n_gen_l):
             fed = max(0, n - 1)  # the last sampled token is not read yet
             ctx = s.n_cached
-            s.cols.extend(range(dec_col0, dec_col0 + fed))
+            s.cache_columns(range(dec_col0, dec_col0 + fed))
             s.ids.extend(row[:n])
             s.own_unfed = 1
             s.usage.decode_tokens += n
             s.usage.paper_flops += self.flops.weights(n)
             s.usage.flops += self.flops.forward(fed, ctx)
             gens.append(row[:n])
+        if probs_out is not None:
+            probs_out[:] = [None] * len(seqs)
         return logits.index_select(0, slots), gens, eos_l
 
     # Bodies: only in-place updates of preallocated tensors, so each can be captured and replayed.

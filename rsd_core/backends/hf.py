@@ -12,13 +12,15 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
+from rsd_core.backends.native_engine import NativeCachedModel, native_unsupported
+from rsd_core.backends.speculation import verify
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows, Cursor
 from rsd_core.errors import PromptTooLongError
@@ -113,6 +115,26 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
 
 # --------------------------------------------------------------------------- the generator
 
+Engine = Literal["auto", "native", "fast", "transformers"]
+
+
+def pick_engine(model: PreTrainedModel, engine: Engine, fast: bool | None, max_len: int) -> Engine:
+    """``auto``: the native engine for the Llama family off CUDA, the CUDA-graph path on CUDA where it
+    applies, transformers' own forward otherwise. ``fast`` (the older switch) still picks the CUDA-graph path."""
+    if fast is not None and engine == "auto":
+        return "fast" if fast else "transformers"
+    if engine == "native":
+        why = native_unsupported(model, max_len)
+        if why is not None:
+            raise ValueError(f"engine='native' cannot run {type(model).__name__}: {why}; use engine='auto'")
+        return engine
+    if engine != "auto":
+        return engine
+    on_gpu = embedding_weight(model).device.type == "cuda"
+    if on_gpu:
+        return "fast" if fast_path_supported(model) else "transformers"
+    return "native" if native_unsupported(model, max_len) is None else "transformers"
+
 
 class HFGenerator:
     """A transformers causal LM behind the generator contract (see ``backends.base.Generator``)."""
@@ -127,23 +149,35 @@ class HFGenerator:
         name: str | None = None,
         sync_every: int | None = None,
         fast: bool | None = None,
-        max_len: int = 4096,
+        engine: Engine = "auto",
+        max_len: int | None = None,
     ):
-        """``fast``: the static-cache, CUDA-graph decode path (``backends/fast.py``); by default on for
-        supported models on CUDA. ``max_len``: its cache columns per sequence slot."""
+        """``engine``: ``native`` (the Llama family's own forward over KV slots, ``backends/native_engine.py``),
+        ``fast`` (static cache and CUDA graphs over transformers' modules, ``backends/fast.py``),
+        ``transformers`` (its forward and cache) or ``auto`` (see ``pick_engine``). ``max_len``: the most
+        tokens a sequence's cache holds: for ``native``, the model's context by default (columns are
+        allocated as sequences grow); for ``fast``, 4096 (allocated at once)."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
         self.sampling = sampling or SamplingConfig()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         pad = pad if pad is not None else 0
-        on_gpu = model.get_input_embeddings().weight.device.type == "cuda"
-        use_fast = fast if fast is not None else (on_gpu and fast_path_supported(model))
-        self.cached: CachedModel | FastCachedModel = (
-            FastCachedModel(model, pad, max_len=max_len) if use_fast else CachedModel(model, pad)
-        )
-        self.eos_ids = eos_token_ids(model, tokenizer)
         self.context_length = context_length(model)
+        native_len = min(max_len or self.context_length, self.context_length)
+        self.engine = pick_engine(model, engine, fast, native_len)
+        self.cached: CachedModel | FastCachedModel | NativeCachedModel
+        if self.engine == "native":
+            self.cached = NativeCachedModel(model, pad, max_len=native_len)
+            self.context_length = native_len
+        elif self.engine == "fast":
+            self.cached = FastCachedModel(model, pad, max_len=max_len or 4096)
+        else:
+            self.cached = CachedModel(model, pad)
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        # A sampled step keeps the distributions its tokens were drawn from, for a speculated rewrite
+        # (the decoder turns this on when it will need them).
+        self.keep_probs = False
         self._delimiters = list(step_delimiters or ["\n\n"])
         self._boundary: StepBoundary | None = None
         # On CPU a host sync is free; on an accelerator, check for "all rows done" every few tokens.
@@ -190,23 +224,99 @@ class HFGenerator:
         for s, ids in zip(seqs, token_ids):
             self.cached.append(s, ids)
 
-    def generate_step(self, seqs: list[int], budgets: list[int],
-                      constraints: list[Cursor | None] | None = None) -> list[Step]:
+    def generate_step(self, seqs: list[int], budgets: list[int], constraints: list[Cursor | None] | None = None,
+                      proposals: list[Step | None] | None = None) -> list[Step]:
+        """``proposals``: per row, a step another model wrote with this tokenizer (with ``probs`` if it was
+        sampled; without, it was picked greedily); the target keeps the longest prefix of it that its own
+        decoding would produce (``backends/speculation.py``), then writes on. The result is the same as
+        without it; only fewer forwards run."""
         if not seqs:
             return []
         budgets = [max(1, min(b, self.context_length - len(self.cached.states[s].ids))) for s, b in zip(seqs, budgets)]
         rows = {i: c for i, c in enumerate(constraints or []) if c is not None}
-        _, gens, eos = self.cached.run(
-            seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
-            boundary=self.boundary, sync_every=self.sync_every, vocab_limit=len(self.tokenizer),
-            constrained=ConstrainedRows(rows, self.tokenizer, self.eos_ids, len(self.tokenizer)) if rows else None,
-        )
-        texts = self.tokenizer.batch_decode(gens, skip_special_tokens=True)
-        delims = self._delimiters
-        return [
-            Step(g, t, e, (not e) and any(t.endswith(d) or d in t for d in delims))
-            for g, t, e in zip(gens, texts, eos)
-        ]
+        heads: list[list[int]] = [[] for _ in seqs]  # tokens already decided by verification, per row
+        forwards = [0] * len(seqs)
+        kept = [0] * len(seqs)
+        open_rows = list(range(len(seqs)))
+        spec = [i for i, p in enumerate(proposals or []) if p is not None and p.token_ids and i not in rows]
+        if spec:
+            open_rows = self._verify(seqs, budgets, spec, proposals, heads, kept, forwards)  # type: ignore[arg-type]
+        gens: list[list[int]] = [[] for _ in seqs]
+        eos = [False] * len(seqs)
+        probs: list[torch.Tensor | None] = [None] * len(seqs)
+        if open_rows:
+            sub_rows = {open_rows.index(i): c for i, c in rows.items() if i in open_rows}
+            drawn: list[torch.Tensor | None] = []
+            _, sub_gens, sub_eos = self.cached.run(
+                [seqs[i] for i in open_rows], budgets=[budgets[i] - len(heads[i]) for i in open_rows],
+                sampling=self.sampling, generator=self._generator, boundary=self.boundary, sync_every=self.sync_every,
+                vocab_limit=len(self.tokenizer),
+                constrained=(ConstrainedRows(sub_rows, self.tokenizer, self.eos_ids, len(self.tokenizer))
+                             if sub_rows else None),
+                first_prev=[heads[i][-1] if heads[i] else self.boundary.none for i in open_rows],
+                probs_out=drawn if self.keep_probs else None,
+            )
+            for j, i in enumerate(open_rows):
+                gens[i], eos[i] = sub_gens[j], sub_eos[j]
+                forwards[i] += len(sub_gens[j])  # reading the pending tokens, then one per token fed
+                probs[i] = drawn[j] if drawn else None
+        steps = []
+        for i, (head, gen) in enumerate(zip(heads, gens)):
+            ids = head + gen
+            e = eos[i] or (bool(ids) and ids[-1] in self.eos_ids and not gen)
+            steps.append(Step(ids, "", e, False, probs=probs[i], forwards=forwards[i], speculated=kept[i]))
+        texts = self.tokenizer.batch_decode([st.token_ids for st in steps], skip_special_tokens=True)
+        for st, t in zip(steps, texts):
+            st.text = t
+            st.delimited = (not st.eos) and any(t.endswith(d) or d in t for d in self._delimiters)
+        return steps
+
+    def _verify(self, seqs: list[int], budgets: list[int], spec: list[int], proposals: list[Step],
+                heads: list[list[int]], kept: list[int], forwards: list[int]) -> list[int]:
+        """Read each proposal in one forward and keep what the target's own decoding agrees with.
+        Fills ``heads`` (kept tokens plus the target's next token); returns the rows still writing."""
+        states = self.cached.states
+        props = [proposals[i].token_ids[: budgets[i]] for i in spec]
+        for i, p in zip(spec, props):
+            self.cached.append(seqs[i], p)
+        logits, _, _ = self.cached.run([seqs[i] for i in spec], all_positions=True)  # [B, N, V], left-padded
+        limit = len(self.tokenizer)
+        N = logits.shape[1]
+        open_rows = [i for i in range(len(seqs)) if i not in spec]
+        for j, (i, p) in enumerate(zip(spec, props)):
+            m = len(p)
+            q = proposals[i].probs
+            k, nxt = verify(logits[j, N - m - 1:, :limit], p, None if q is None else q[:m], self.sampling,
+                            self._generator)
+            k = min(k, self._first_end(p) + 1)  # the target's own step would have ended there
+            head = p[:k]
+            ended = bool(head) and (len(head) >= budgets[i] or self._first_end(head) == len(head) - 1)
+            if not ended:
+                head = head + [nxt]
+                ended = len(head) >= budgets[i] or self._first_end(head) == len(head) - 1
+            s = states[seqs[i]]
+            forwards[i] += 1
+            kept[i] = k
+            heads[i] = head
+            # The cache keeps the kept tokens; the newest token of the step is left pending, as after any step.
+            self.cached.truncate(seqs[i], m - k + (1 if len(head) == k else 0))
+            self.cached.append(seqs[i], head[-1:])
+            s.own_unfed = 1
+            s.usage.prefill_tokens -= m  # proposal tokens are checked, not input (their work is in flops)
+            s.usage.decode_tokens += len(head)
+            s.usage.paper_flops += self.cached.flops.weights(len(head))
+            if not ended:
+                open_rows.append(i)
+        return sorted(open_rows)
+
+    def _first_end(self, ids: list[int]) -> int:
+        """Index of the first token of ``ids`` that ends a step (len(ids) if none does)."""
+        b = self.boundary
+        tok = torch.tensor(ids, device=b.contains.device)
+        prev = torch.cat([torch.tensor([b.none], device=tok.device), tok[:-1]])
+        step_end, _ = b.ends(prev, tok)
+        hits = step_end.nonzero()
+        return int(hits[0, 0]) if hits.numel() else len(ids)
 
     def rollback(self, seqs: list[int], n_tokens: list[int]) -> None:
         for s, n in zip(seqs, n_tokens):

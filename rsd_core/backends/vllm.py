@@ -124,8 +124,7 @@ class VLLMGenerator:
         if sp.top_k:
             body["top_k"] = sp.top_k
         if self._seed is not None and not sp.greedy:
-            body["seed"] = (self._seed * 1_000_003 + seq * 7919 + st.calls) % 2**31  # per sequence and step
-        st.calls += 1
+            body["seed"] = (self._seed * 1_000_003 + seq * 7919 + st.usage.calls) % 2**31  # per sequence and step
         data = self.client.post("/v1/completions", body)
         try:
             choice = data["choices"][0]

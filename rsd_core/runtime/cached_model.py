@@ -11,7 +11,7 @@ Generators (``backends/hf.py``) and reward models (``rewards/``) both run their 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from transformers import DynamicCache, PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows
-from rsd_core.events import ModelUsage
+from rsd_core.runtime.ledger import Ledger
 from rsd_core.sampling import sample_next
 
 
@@ -35,18 +35,6 @@ def cache_kwarg(model: Any) -> str:
     ``past_key_values`` (earlier releases, and remote code written for them)."""
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
-
-
-def drop_tail(s: Any, n_remove: int) -> int:
-    """Forget a sequence's newest ``n_remove`` token ids (not its cache); returns how many ids remain."""
-    if n_remove > len(s.ids):
-        raise ValueError(f"cannot roll back {n_remove} tokens of a {len(s.ids)}-token sequence")
-    keep = len(s.ids) - max(0, n_remove)
-    unfed = len(s.ids) - s.n_cached
-    s.own_unfed = max(0, min(s.own_unfed, unfed - max(0, n_remove)))
-    del s.ids[keep:]
-    return keep
-
 
 
 # --------------------------------------------------------------------------- step boundaries
@@ -94,12 +82,8 @@ class StepBoundary:
 
 
 @dataclass
-class SeqState:
-    ids: list[int]
+class SeqState(Ledger):
     kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer, [1, heads, n_cached, dim]
-    n_cached: int = 0
-    own_unfed: int = 0  # trailing pending tokens this model sampled itself (not counted as prefill)
-    usage: ModelUsage = field(default_factory=ModelUsage)
 
 
 def _cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,10 +117,10 @@ class CachedModel:
 
     def truncate(self, seq: int, n_remove: int) -> None:
         s = self.states[seq]
-        keep = drop_tail(s, n_remove)
-        if s.n_cached > keep:  # roll the cache back by index
+        cached = s.n_cached
+        keep = s.drop_tail(n_remove)
+        if cached > keep:  # roll the cache back by index
             s.kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in s.kv or []]
-            s.n_cached = keep
 
     def release(self, seq: int) -> None:
         self.states.pop(seq, None)
@@ -159,9 +143,13 @@ class CachedModel:
         all_positions: bool = False,
         vocab_limit: int | None = None,
         constrained: ConstrainedRows | None = None,
+        first_prev: list[int] | None = None,
+        probs_out: list[torch.Tensor | None] | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """Read every sequence's pending tokens, then (with ``budgets``) sample until each step ends.
         ``constrained`` picks the tokens of the rows (indices into ``seqs``) that follow a grammar.
+        ``first_prev``: the token before the step, per row (a delimiter may straddle it); ``probs_out``:
+        filled with each row's sampling distributions ([n, V]; None when greedy).
 
         Returns (logits, generated tokens per row, ended-at-eos per row). Logits are those after the
         last pending token ([B, V]), or at every pending position ([B, N, V], left-padded) when
@@ -200,12 +188,16 @@ class CachedModel:
         n_gen_list = [0] * B
         if budgets:
             assert sampling is not None and boundary is not None
+            drawn: list[torch.Tensor] | None = [] if probs_out is not None and not sampling.greedy else None
             gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, generator, boundary,
-                                           sync_every, vocab_limit or logits.shape[-1], constrained)
+                                           sync_every, vocab_limit or logits.shape[-1], constrained, first_prev, drawn)
             n_gen_list = n_gen.tolist()
             gen_rows = gen.tolist()
             eos_flags = eos.tolist()
             gen_lists = [row[:n] for row, n in zip(gen_rows, n_gen_list)]
+            if probs_out is not None:
+                stacked = torch.stack(drawn, 1) if drawn else None  # [B, T, V]
+                probs_out[:] = [stacked[i, :n] if stacked is not None else None for i, n in enumerate(n_gen_list)]
 
         # Cut each row's cache out of the padded batch: [its past] + [its chunk and fed decode tokens].
         layers = _cache_layers(cache)
@@ -244,7 +236,7 @@ class CachedModel:
         return DynamicCache(ddp_cache_data=data)
 
     def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every, limit,
-                constrained=None):
+                constrained=None, first_prev=None, drawn=None):
         dev = logits.device
         B, max_budget = logits.shape[0], max(budgets)
         budget_t = torch.tensor(budgets, device=dev)
@@ -252,9 +244,10 @@ class CachedModel:
         n_gen = torch.zeros(B, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         eos = torch.zeros(B, dtype=torch.bool, device=dev)
-        prev = torch.full((B,), boundary.none, dtype=torch.long, device=dev)
+        prev = (torch.tensor(first_prev, device=dev) if first_prev is not None
+                else torch.full((B,), boundary.none, dtype=torch.long, device=dev))
         for t in range(max_budget):
-            tok = sample_next(logits[:, :limit], sampling, generator)  # ids past the tokenizer are padding
+            tok = sample_next(logits[:, :limit], sampling, generator, drawn)  # ids past the tokenizer are padding
             if constrained is not None and constrained.rows:  # a host sync per token, only for these rows
                 tok = constrained.pick(logits[:, :limit], tok, (~done).tolist(), sampling, generator)
             active = ~done

@@ -6,7 +6,6 @@ with timeouts and retries, and the per-sequence token book both the served gener
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,8 +19,7 @@ from rsd_core.errors import (
     ModelLoadError,
     ModelMismatchError,
 )
-from rsd_core.events import ModelUsage
-from rsd_core.runtime.cached_model import drop_tail
+from rsd_core.runtime.ledger import Ledger
 
 
 class ServedModel(BaseModel):
@@ -159,13 +157,7 @@ def flop_counter(name_or_path: str) -> FlopCounter | None:
         return None
 
 
-@dataclass
-class RemoteSeq:
-    ids: list[int]
-    n_cached: int = 0  # leading ids the server has read for this sequence (its prefix cache holds them)
-    own_unfed: int = 0  # the newest token, written by this model and not read yet (not prefill)
-    calls: int = 0
-    usage: ModelUsage = field(default_factory=ModelUsage)
+RemoteSeq = Ledger  # n_cached: the leading ids the server has read (its prefix cache holds them)
 
 
 class SequenceBook:
@@ -190,5 +182,4 @@ class SequenceBook:
 
     @staticmethod
     def rollback(s: RemoteSeq, n: int) -> None:
-        drop_tail(s, n)
-        s.n_cached = min(s.n_cached, len(s.ids))
+        s.drop_tail(n)

@@ -1,0 +1,195 @@
+"""The native decode engine: the Llama family's native forward (``native_forward.py``) over KV slots
+with a length per slot (``runtime/slots.py``), behind the same interface as ``runtime.cached_model.CachedModel``.
+
+What it changes against the transformers path:
+
+- Each sequence's KV lives in its own slot, written at the slot's length: handing over a step or
+  reading a prompt is one forward over the new tokens only; rolling back is ``length -= n``.
+- A row leaves the decode batch the token its step ends (delimiter, EOS, budget): later forwards
+  run over the rows still writing, none idle and none masked.
+- No transformers cache object is involved, so no dependence on its internals.
+
+Example:
+    >>> eng = NativeCachedModel(model, pad_id=0)                          # doctest: +SKIP
+    >>> eng.new(0, prompt_ids)                                           # doctest: +SKIP
+    >>> _, gens, eos = eng.run([0], budgets=[64], sampling=SamplingConfig(), boundary=boundary)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from rsd_core.accounting import FlopCounter
+from rsd_core.backends.native_forward import NativeForward, native_unsupported
+from rsd_core.config import SamplingConfig
+from rsd_core.runtime.cached_model import embedding_weight
+from rsd_core.runtime.ledger import Ledger
+from rsd_core.sampling import sample_next
+
+__all__ = ["NativeCachedModel", "native_unsupported"]
+
+
+@dataclass
+class SlotSeq(Ledger):
+    slot: int = 0  # n_cached == the slot's length, always
+
+
+class NativeCachedModel:
+    """Same interface as ``CachedModel`` (``new``/``append``/``truncate``/``release``/``run``/``states``)."""
+
+    def __init__(self, model: Any, pad_id: int, max_len: int = 4096):
+        self.model, self.pad_id = model, pad_id
+        self.forward = NativeForward.build(model, max_len)
+        self.cache = self.forward.new_cache(1)
+        self.cache.max_len = max_len
+        self.flops = FlopCounter.for_model(model)
+        self.states: dict[int, SlotSeq] = {}
+        self.forwards = 0  # forward passes so far (all sequences together)
+
+    @property
+    def device(self) -> torch.device:
+        return embedding_weight(self.model).device
+
+    # sequence bookkeeping -------------------------------------------------
+    def new(self, seq: int, ids: list[int]) -> None:
+        if seq in self.states:
+            self.release(seq)
+        self.states[seq] = SlotSeq(list(ids), slot=self.cache.acquire())
+
+    def append(self, seq: int, ids: list[int]) -> None:
+        self.states[seq].ids.extend(ids)
+
+    def truncate(self, seq: int, n_remove: int) -> None:
+        s = self.states[seq]
+        s.drop_tail(n_remove)
+        self.cache.lengths[s.slot] = s.n_cached  # the dropped columns are simply no longer read
+
+    def release(self, seq: int) -> None:
+        s = self.states.pop(seq, None)
+        if s is not None:
+            self.cache.free(s.slot)
+
+    def count_scored(self, seq: int, n_tokens: int) -> None:
+        self.states[seq].usage.paper_flops += self.flops.weights(n_tokens)
+
+    # forwards -------------------------------------------------------------
+    def _read(self, states: list[SlotSeq], chunks: list[list[int]], all_positions: bool) -> torch.Tensor:
+        """One forward over each sequence's new tokens (right-padded into one batch)."""
+        N = max(len(c) for c in chunks)
+        starts = [s.n_cached for s in states]
+        for s, c in zip(states, chunks):
+            self.cache.check_room(s.slot, len(c))
+        if len(states) > 1 and max(starts) + N > self.cache.max_len:  # a padded column would not fit
+            parts = [self._read([s], [c], all_positions) for s, c in zip(states, chunks)]
+            if not all_positions:
+                return torch.cat(parts)
+            out = parts[0].new_zeros((len(parts), N, parts[0].shape[-1]))
+            for i, p in enumerate(parts):
+                out[i, N - p.shape[1]:] = p[0]
+            return out
+        self.cache.reserve(max(starts) + N)  # padded columns are written too (past their slot's length)
+        ids = torch.tensor([c + [self.pad_id] * (N - len(c)) for c in chunks], device=self.device)
+        last = None if all_positions else [len(c) - 1 for c in chunks]
+        logits = self.forward(ids, [s.slot for s in states], starts, self.cache, last=last)
+        self.forwards += 1
+        for s, c in zip(states, chunks):
+            self.cache.lengths[s.slot] += len(c)
+            s.n_cached = len(s.ids)
+        if all_positions and any(len(c) < N for c in chunks):  # the contract's layout: left-padded
+            out = torch.zeros_like(logits)
+            for i, c in enumerate(chunks):
+                out[i, N - len(c):] = logits[i, : len(c)]
+            logits = out
+        return logits
+
+    @torch.inference_mode()
+    def run(
+        self,
+        seqs: list[int],
+        *,
+        budgets: list[int] | None = None,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        boundary: Any = None,
+        sync_every: int = 1,
+        all_positions: bool = False,
+        vocab_limit: int | None = None,
+        constrained: Any = None,
+        first_prev: list[int] | None = None,
+        probs_out: list[torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
+        """As ``CachedModel.run``: read every sequence's pending tokens, then (with ``budgets``) sample until
+        each step ends. ``first_prev``: the token before the step, per row (a delimiter may straddle it);
+        ``probs_out``: filled with each row's sampling distributions ([n, V]; None when greedy)."""
+        states = [self.states[s] for s in seqs]
+        chunks = [s.pending for s in states]
+        if any(not c for c in chunks):
+            raise RuntimeError("internal: a sequence has nothing new to read")
+        logits = self._read(states, chunks, all_positions)
+        for s, c in zip(states, chunks):
+            s.usage.prefill_tokens += len(c) - s.own_unfed
+            s.usage.flops += self.flops.forward(len(c), s.n_cached - len(c))
+            s.usage.calls += 1
+            s.own_unfed = 0
+        B = len(states)
+        gens: list[list[int]] = [[] for _ in seqs]
+        eos = [False] * B
+        if not budgets:
+            return logits, gens, eos
+        assert sampling is not None and boundary is not None
+        dev = self.device
+        limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
+        row_probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        keep_probs = probs_out is not None and not sampling.greedy
+        prev = torch.tensor(first_prev if first_prev is not None else [boundary.none] * B, device=dev)
+        full = logits.clone()  # the newest logits of every row (rows that finished keep stale ones, unread)
+        active = list(range(B))
+        for _ in range(max(budgets)):
+            drawn: list[torch.Tensor] = []
+            tok = sample_next(full[:, :limit], sampling, generator, drawn if keep_probs else None)
+            if constrained is not None and constrained.rows:
+                live = [False] * B
+                for i in active:
+                    live[i] = True
+                tok = constrained.pick(full[:, :limit], tok, live, sampling, generator)
+            step_end, is_eos = boundary.ends(prev, tok)
+            prev = tok
+            tok_l, end_l, eos_l = tok.tolist(), step_end.tolist(), is_eos.tolist()
+            still = []
+            for i in active:
+                gens[i].append(tok_l[i])
+                if keep_probs:
+                    row_probs[i].append(drawn[0][i])
+                if eos_l[i]:
+                    eos[i] = True
+                if not (end_l[i] or eos_l[i] or len(gens[i]) >= budgets[i]):
+                    still.append(i)
+            active = still
+            if not active:
+                break
+            # The rows still writing read their newest token; the others are done (no idle rows).
+            act = [states[i] for i in active]
+            ids = torch.tensor([[tok_l[i]] for i in active], device=dev)
+            for s in act:
+                self.cache.check_room(s.slot, 1)
+            out = self.forward(ids, [s.slot for s in act], [self.cache.lengths[s.slot] for s in act], self.cache,
+                               last=[0] * len(act))
+            self.forwards += 1
+            for s in act:
+                self.cache.lengths[s.slot] += 1
+            full[torch.tensor(active, device=dev)] = out
+        for s, g in zip(states, gens):
+            fed = len(g) - 1  # the last sampled token is not read yet
+            ctx = s.n_cached
+            s.ids.extend(g)
+            s.n_cached += fed
+            s.own_unfed = 1
+            s.usage.decode_tokens += len(g)
+            s.usage.paper_flops += self.flops.weights(len(g))
+            s.usage.flops += self.flops.forward(fed, ctx)
+        if probs_out is not None:
+            probs_out[:] = [torch.stack(p) if p else None for p in row_probs]
+        return logits, gens, eos

@@ -1,0 +1,42 @@
+"""One sequence's ledger, the same for every backend: its token ids, how many of them the model has
+read (its cache holds them), and the work done for it.
+
+The newest ids may be pending: handed over from another model, or the last token this model sampled
+(``own_unfed``: not counted as prefill when it is read). Backends keep what their cache needs beside
+it (a slot, KV tensors, cache columns).
+
+Example:
+    >>> s = Ledger([1, 2, 3], n_cached=3)
+    >>> s.drop_tail(2), s.ids, s.n_cached
+    (1, [1], 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rsd_core.events import ModelUsage
+
+
+@dataclass
+class Ledger:
+    ids: list[int]
+    n_cached: int = 0  # leading ids the model has read (and cached)
+    own_unfed: int = 0  # trailing pending ids this model sampled itself (not prefill)
+    usage: ModelUsage = field(default_factory=ModelUsage)
+
+    @property
+    def pending(self) -> list[int]:
+        return self.ids[self.n_cached:]
+
+    def drop_tail(self, n_remove: int) -> int:
+        """Forget the newest ``n_remove`` ids; the cached count follows. Returns how many ids remain.
+        The backend drops its own cache entries past the new ``n_cached``."""
+        if n_remove > len(self.ids):
+            raise ValueError(f"cannot roll back {n_remove} tokens of a {len(self.ids)}-token sequence")
+        keep = len(self.ids) - max(0, n_remove)
+        unfed = len(self.ids) - self.n_cached
+        self.own_unfed = max(0, min(self.own_unfed, unfed - max(0, n_remove)))
+        del self.ids[keep:]
+        self.n_cached = min(self.n_cached, keep)
+        return keep

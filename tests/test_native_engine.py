@@ -1,0 +1,219 @@
+"""The native engine (Llama-family forward over KV slots) against transformers' own forward, and the
+target's speculated rewrite of a rejected step against writing it from scratch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from rsd_core import RewardGuidedDecoder, RSDConfig, SamplingConfig
+from rsd_core.backends.hf import HFGenerator
+from rsd_core.backends.native_engine import NativeCachedModel
+from rsd_core.backends.native_forward import NativeForward, native_unsupported
+from rsd_core.backends.speculation import verify
+
+from test_decoder import PROMPTS, every_other_step
+
+COMMON = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512)
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "llama-tied-llama3-rope": (LlamaConfig, LlamaForCausalLM, {"tie_word_embeddings": True, "rope_scaling": LLAMA3_ROPE}),
+    "llama-biases": (LlamaConfig, LlamaForCausalLM, {"attention_bias": True, "mlp_bias": True}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),  # q/k/v biases
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 32}),  # q/k norms, head_dim != hidden / heads
+}
+
+
+def tiny(family: str, seed: int = 0):
+    cfg_cls, model_cls, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**COMMON, **extra)).eval()
+    with torch.no_grad():  # random biases start at zero: give them values so a dropped bias would show
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_native_logits_match_transformers(family):
+    model = tiny(family)
+    ids = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(ids).logits  # [3, 24, V], each row its own sequence
+    fwd = NativeForward(model, max_len=64)
+    cache = fwd.new_cache(4)
+    # Row 0 in slot 3, row 1 in slot 0, row 2 in slot 1: non-consecutive slots, uneven prefixes, then a
+    # right-padded batched chunk, then one decode token each.
+    fwd(ids[0:1, :10], [3], [0], cache)
+    fwd(ids[1:2, :4], [0], [0], cache)
+    fwd(ids[2:3, :17], [1], [0], cache)
+    chunk = torch.stack([ids[0, 10:20], torch.cat([ids[1, 4:9], ids.new_zeros(5)]), ids[2, 17:27 - 3].repeat(2)[:10]])
+    out = fwd(chunk, [3, 0, 1], [10, 4, 17], cache)
+    assert torch.allclose(out[0], ref[0, 10:20], atol=1e-4)
+    assert torch.allclose(out[1, :5], ref[1, 4:9], atol=1e-4)
+    assert torch.allclose(out[2, :7], ref[2, 17:24], atol=1e-4)
+    # The padded columns of row 1 were written past its length and must not be read: decode at 9.
+    step = fwd(torch.stack([ids[0, 20:21], ids[1, 9:10]]), [3, 0], [20, 9], cache, last=[0, 0])
+    assert torch.allclose(step[0], ref[0, 20], atol=1e-4) and torch.allclose(step[1], ref[1, 9], atol=1e-4)
+    # transformers' own modules still give the same logits: they read views of the fused weights
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, ref, atol=1e-5)
+
+
+def test_weights_are_held_once():
+    model = tiny("qwen2")
+    fwd = NativeForward(model, max_len=64)
+    layer, attn = fwd.layers[0], model.model.layers[0].self_attn
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == layer.qkv.w.untyped_storage().data_ptr()
+    assert model.model.layers[0].mlp.up_proj.weight.untyped_storage().data_ptr() == \
+        layer.gate_up.w.untyped_storage().data_ptr()
+
+
+def test_other_architectures_keep_the_transformers_path(toy_tokenizer):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(toy_tokenizer), n_embd=32, n_layer=1, n_head=2))
+    assert "gpt2" in native_unsupported(gpt2, 512)
+    assert HFGenerator(gpt2, toy_tokenizer).engine == "transformers"
+    with pytest.raises(ValueError, match="engine='native' cannot run GPT2LMHeadModel: model type 'gpt2'"):
+        HFGenerator(gpt2, toy_tokenizer, engine="native")
+    windowed = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=32))
+    assert "sliding-window" in native_unsupported(windowed, 512)
+    assert native_unsupported(windowed, 32) is None  # no sequence can outgrow the window
+
+
+def test_slot_lengths_roll_back_and_grow(toy_tokenizer):
+    model = tiny("qwen2")
+    eng = NativeCachedModel(model, pad_id=0, max_len=300)
+    eng.new(0, list(range(1, 260)))  # more than the first 256 columns: the slots grow
+    eng.run([0])
+    assert eng.cache.lengths[eng.states[0].slot] == 259 and eng.cache.capacity >= 259
+    eng.truncate(0, 9)
+    assert eng.cache.lengths[eng.states[0].slot] == 250 == eng.states[0].n_cached
+    eng.append(0, list(range(60)))
+    with pytest.raises(RuntimeError, match="raise max_len"):
+        eng.run([0])
+
+
+def decoders(paths, engine_a, engine_b, **cfg):
+    config = RSDConfig(max_new_tokens=48, max_step_tokens=10, **cfg)
+    return [RewardGuidedDecoder(HFGenerator.from_pretrained(paths["draft"], engine=e),
+                                HFGenerator.from_pretrained(paths["target"], engine=e), every_other_step, config)
+            for e in (engine_a, engine_b)]
+
+
+def trace(result):
+    return [(s.source, s.accepted, s.token_ids) for s in result.steps]
+
+
+def test_native_engine_matches_transformers_path(tiny_paths):
+    plain, native = decoders(tiny_paths, "transformers", "native")
+    assert native.target.engine == "native" and plain.target.engine == "transformers"
+    for batch in (PROMPTS, *[[p] for p in PROMPTS]):
+        for x, y in zip(plain.generate(batch), native.generate(batch)):
+            assert trace(x) == trace(y)
+            assert x.stats.draft.prefill_tokens == y.stats.draft.prefill_tokens
+            assert x.stats.target.decode_tokens == y.stats.target.decode_tokens
+            assert x.stats.target.flops == pytest.approx(y.stats.target.flops)
+    assert native.draft.cached.states == {} and len(native.draft.cached.cache._free) == native.draft.cached.cache.slots
+
+
+@pytest.mark.parametrize("engine", ["native", "transformers", "fast"])
+def test_speculated_rewrite_is_lossless_greedy(tiny_paths, engine):
+    config = dict(max_new_tokens=48, max_step_tokens=10)
+    on, off = (RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"], engine=engine),
+                                   HFGenerator.from_pretrained(tiny_paths["target"], engine=engine), every_other_step,
+                                   RSDConfig(speculative_rewrite=flag, **config)) for flag in (True, False))
+    calls = []
+    for a, b in zip(on.generate(PROMPTS, callbacks=[Recorder(calls)]), off.generate(PROMPTS)):
+        assert trace(a) == trace(b)  # the same steps, the same target text
+        assert a.stats.rewritten_steps == b.stats.rewritten_steps > 0
+        assert b.stats.speculated_tokens == 0
+        assert b.stats.rewrite_forwards == sum(s.num_tokens for s in b.steps if s.source == "target")
+        assert a.stats.target.decode_tokens == b.stats.target.decode_tokens
+    # each rewrite: one verification forward, then one per token after the kept prefix and the target's next
+    expected = sum(1 + max(0, e.num_tokens - e.speculated_tokens - 1) for e in calls)
+    assert sum(r.stats.rewrite_forwards for r in on.generate(PROMPTS)) == expected
+
+
+class Recorder:
+    def __init__(self, out):
+        self.out = out
+
+    def on_target_invocation(self, event):
+        self.out.append(event)
+
+
+def test_a_draft_that_agrees_with_the_target_costs_one_forward_per_rewrite(tiny_paths):
+    """Draft = target (same weights): every rejected step is kept whole by the verification forward."""
+    config = RSDConfig(max_new_tokens=40, max_step_tokens=8)
+    same = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["target"]),
+                               HFGenerator.from_pretrained(tiny_paths["target"]), every_other_step, config)
+    scratch = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["target"]),
+                                  HFGenerator.from_pretrained(tiny_paths["target"]), every_other_step,
+                                  config.model_copy(update={"speculative_rewrite": False}))
+    for a, b in zip(same.generate(PROMPTS), scratch.generate(PROMPTS)):
+        assert trace(a) == trace(b)
+        rewrites = [s for s in a.steps if s.source == "target"]
+        assert a.stats.rewritten_steps == len(rewrites) > 0
+        assert a.stats.speculated_tokens == sum(s.num_tokens for s in rewrites)
+        assert a.stats.rewrite_forwards == a.stats.rewritten_steps  # one forward each
+        assert b.stats.rewrite_forwards == sum(s.num_tokens for s in rewrites)  # one per token from scratch
+
+
+def test_verify_greedy_keeps_the_agreeing_prefix():
+    logits = torch.full((4, 5), -1.0)
+    for row, best in enumerate([2, 4, 1, 3]):
+        logits[row, best] = 1.0
+    greedy = SamplingConfig()
+    assert verify(logits, [2, 4, 1], None, greedy, None) == (3, 3)  # all kept; the 4th row is the next token
+    assert verify(logits, [2, 0, 1], None, greedy, None) == (1, 4)
+    assert verify(logits, [0, 4, 1], None, greedy, None) == (0, 2)
+
+
+@pytest.mark.parametrize("draft_greedy", [False, True])
+def test_verify_sampling_draws_the_targets_distribution(draft_greedy):
+    """Whatever the draft proposes (drawn from q, or its argmax when greedy), the first token written has
+    the target's distribution p: the speculative-sampling rule, checked over many seeded draws."""
+    gen = torch.Generator().manual_seed(0)
+    p_logits = torch.tensor([[1.0, 0.2, -0.5, 0.7], [0.0, 0.0, 0.0, 0.0]])
+    q = torch.softmax(torch.tensor([-0.5, 1.5, 0.3, 0.0]), -1)
+    sampling = SamplingConfig(temperature=1.0)
+    p = torch.softmax(p_logits[0], -1)
+    counts = torch.zeros(4)
+    n = 20000
+    for _ in range(n):
+        x = int(torch.argmax(q)) if draft_greedy else int(torch.multinomial(q, 1, generator=gen))
+        k, nxt = verify(p_logits, [x], None if draft_greedy else q[None], sampling, gen)
+        counts[x if k == 1 else nxt] += 1
+    assert torch.allclose(counts / n, p, atol=0.015), (counts / n, p)
+
+
+def test_sampled_rewrite_keeps_tokens_and_runs(tiny_paths):
+    sampled = SamplingConfig(temperature=0.8, top_p=0.95)
+    dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["target"]),
+                              HFGenerator.from_pretrained(tiny_paths["target"]), every_other_step,
+                              RSDConfig(max_new_tokens=40, max_step_tokens=8, draft_sampling=sampled,
+                                        target_sampling=sampled, seed=3))
+    a, b = dec.generate(PROMPTS), dec.generate(PROMPTS)
+    assert [r.text for r in a] == [r.text for r in b]  # seeded: reproducible
+    stats = [r.stats for r in a]
+    assert sum(s.rewritten_steps for s in stats) > 0
+    # Same weights and the same sampling config: p == q, so every proposed token is kept.
+    assert sum(s.speculated_tokens for s in stats) == sum(
+        st.num_tokens for r in a for st in r.steps if st.source == "target")
