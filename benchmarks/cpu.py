@@ -193,10 +193,11 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M-Instruct against transformers")
     ap.add_argument("--new-tokens", type=int, default=96, help="new tokens per prompt in the SmolLM2 section")
+    ap.add_argument("--no-toy", action="store_true", help="skip the toy-trio sections")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     hf_logging.disable_progress_bar()
-    results = {"toy": toy_section(a.n, a.batch_size)}
+    results = {} if a.no_toy else {"toy": toy_section(a.n, a.batch_size)}
     if a.smollm2:
         results["smollm2"] = smollm2_section(a.new_tokens)
     if a.json:

@@ -330,6 +330,10 @@ class _Run:
         self.uses_reward = mode == "rsd" or score_all
         # The target verifies a rejected step before rewriting it: same tokenizer (the ids mean the same),
         # no grammar (its rows pick tokens on the host), and a target that takes proposals.
+        # Target only, with nothing to decide between steps but the budgets and stops: each sequence writes
+        # its steps back to back, never waiting for the others' steps (``generate_steps``).
+        self.continuous = (mode == "target" and not score_all and grammar is None
+                           and callable(getattr(dec.target, "generate_steps", None)))
         self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
                            and "proposals" in inspect.signature(dec.target.generate_step).parameters)
         self.rng = random.Random(cfg.seed)
@@ -341,7 +345,9 @@ class _Run:
         results: dict[int, RSDResult] = {}
         try:
             while active := [s for s in seqs if s.finish is None]:
-                if self.mode == "target":
+                if self.mode == "target" and self.continuous:
+                    self._target_runs(active)
+                elif self.mode == "target":
                     self._target_writes(active, reason="target_only")
                 else:
                     self._rsd_round(active)
@@ -439,22 +445,47 @@ class _Run:
             live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
             self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
         for i, (s, step, r) in enumerate(zip(seqs, steps, rewards)):
-            s.target_lag = 0
-            s.stats.target_invocations += 1
-            s.stats.target_steps += 1
-            if rejected:
-                s.stats.rewritten_steps += 1
-                s.stats.rewrite_forwards += step.forwards
-                s.stats.speculated_tokens += step.speculated
-            rej_text, rej_reward = (rejected[i][1].text, rejected[i][2]) if rejected else (None, None)
-            dispatch(self.callbacks, "on_target_invocation", TargetInvocationEvent(
-                s.index, s.n_steps, reason, rej_text, rej_reward, lags[i], len(step.token_ids), target_s,
-                step.speculated))
-            event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "target", r, None, True,
-                              is_final=step.eos, latency_s={"target": target_s}, token_ids=step.token_ids)
-            s.steps.append(event)
-            self._accept(s, step, r, source="target")
-            dispatch(self.callbacks, "on_step", event)
+            self._target_step(s, step, r, reason, rejected[i] if rejected else None, lags[i], target_s)
+
+    def _target_step(self, s: _Seq, step: Step, reward: float | None, reason: Literal["rejected", "target_only"],
+                     rejected: tuple[_Seq, Step, float | None] | None, lag: int, target_s: float) -> None:
+        s.target_lag = 0
+        s.stats.target_invocations += 1
+        s.stats.target_steps += 1
+        if rejected:
+            s.stats.rewritten_steps += 1
+            s.stats.rewrite_forwards += step.forwards
+            s.stats.speculated_tokens += step.speculated
+        rej_text, rej_reward = (rejected[1].text, rejected[2]) if rejected else (None, None)
+        dispatch(self.callbacks, "on_target_invocation", TargetInvocationEvent(
+            s.index, s.n_steps, reason, rej_text, rej_reward, lag, len(step.token_ids), target_s, step.speculated))
+        event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "target", reward, None, True,
+                          is_final=step.eos, latency_s={"target": target_s}, token_ids=step.token_ids)
+        s.steps.append(event)
+        self._accept(s, step, reward, source="target")
+        dispatch(self.callbacks, "on_step", event)
+
+    def _target_runs(self, seqs: list[_Seq]) -> None:
+        """Target only: every sequence writes step after step in one batch; each step's events go out
+        the moment it ends, and a sequence leaves the batch when it finishes."""
+        last = [time.perf_counter()] * len(seqs)
+        failed: list[BaseException] = []
+
+        def on_step(i: int, step: Step) -> int:
+            s = seqs[i]
+            try:
+                now = time.perf_counter()
+                self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
+                last[i] = now
+            except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
+                failed.append(e)
+                return -1
+            return 0 if s.finish is not None else self._budget(s, self.target)
+
+        self._model("target", self.target.generate_steps, [s.id for s in seqs],  # type: ignore[attr-defined]
+                    [self._budget(s, self.target) for s in seqs], on_step)
+        if failed:
+            raise failed[0]
 
     # ------------------------------------------------------------------ bookkeeping
     def _score(self, seqs: list[_Seq], texts: list[str]) -> list[Any]:

@@ -217,3 +217,71 @@ def test_sampled_rewrite_keeps_tokens_and_runs(tiny_paths):
     # Same weights and the same sampling config: p == q, so every proposed token is kept.
     assert sum(s.speculated_tokens for s in stats) == sum(
         st.num_tokens for r in a for st in r.steps if st.source == "target")
+
+
+@pytest.mark.slow
+def test_native_engine_on_smollm2_matches_transformers():
+    """A real checkpoint (SmolLM2-135M-Instruct, Llama architecture, tied embeddings): the same logits
+    within 1e-4 in fp32, and the same greedy text as transformers' ``generate``."""
+    from tiny_models import smollm2_gguf
+
+    gen = HFGenerator.from_pretrained(smollm2_gguf(), dtype="float32")
+    assert gen.engine == "native"
+    prompt = gen.render_prompt([{"role": "user", "content": "Why is the sky blue? Answer in two sentences."}])
+    with torch.no_grad():
+        ref = gen.model(torch.tensor([prompt])).logits[0]
+        want = gen.model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)[0, len(prompt):].tolist()
+    fwd = gen.cached.forward
+    cache = fwd.new_cache(1)
+    got = fwd(torch.tensor([prompt[:-5]]), [0], [0], cache)[0]
+    tail = fwd(torch.tensor([prompt[-5:]]), [0], [len(prompt) - 5], cache)[0]
+    assert torch.allclose(torch.cat([got, tail]), ref, atol=1e-4)
+    gen.set_step_delimiters(["\x00never\x00"])
+    gen.start(0, prompt)
+    step = gen.generate_step([0], [40])[0]
+    cut = next((i + 1 for i, t in enumerate(want) if t in gen.eos_ids), len(want))
+    assert step.token_ids == want[:cut]
+
+
+def test_target_only_rows_write_their_steps_back_to_back(tiny_paths):
+    """Target only, batch 3: on the native engine a sequence starts its next step the token its last one
+    ends (the others' steps are not waited for); the steps and texts equal the step-by-step path's, and
+    each step's events go out as it ends."""
+    config = RSDConfig(threshold=1.0, max_new_tokens=40, max_step_tokens=6)
+    native = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                                 HFGenerator.from_pretrained(tiny_paths["target"]), None, config)
+    plain = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"], engine="transformers"),
+                                HFGenerator.from_pretrained(tiny_paths["target"], engine="transformers"), None, config)
+    seen: list = []
+    forwards0 = native.target.cached.forwards
+    a = native.generate(PROMPTS, callbacks=[seen.append])
+    b = plain.generate(PROMPTS)
+    for x, y in zip(a, b):
+        assert trace(x) == trace(y) and x.text == y.text and x.finish_reason == y.finish_reason
+        assert x.stats.target.decode_tokens == y.stats.target.decode_tokens
+        assert x.stats.target.flops == pytest.approx(y.stats.target.flops)
+    steps = [e for e in seen if type(e).__name__ == "StepEvent"]
+    assert [e.step_index for e in steps if e.sequence_index == 0] == list(range(len(a[0].steps)))
+    # one prompt read, then one forward per token of the longest sequence: never one per step boundary
+    longest = max(sum(s.num_tokens for s in r.steps) for r in a)
+    assert native.target.cached.forwards - forwards0 == longest
+    ends = [e for e in seen if type(e).__name__ == "RSDResult"]
+    assert len(ends) == 3 and native.target.cached.states == {}
+
+
+def test_a_callback_error_mid_run_stops_it_and_frees_every_sequence(tiny_paths):
+    dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                              HFGenerator.from_pretrained(tiny_paths["target"]), None,
+                              RSDConfig(threshold=1.0, max_new_tokens=40, max_step_tokens=6))
+
+    class Stop(Exception):
+        pass
+
+    def boom(event):
+        if type(event).__name__ == "StepEvent" and event.step_index == 2:
+            raise Stop("the caller went away")
+
+    with pytest.raises(Stop):  # the caller's own error, not wrapped as a model failure
+        dec.generate(PROMPTS, callbacks=[boom])
+    assert dec.target.cached.states == {}
+    assert [r.text for r in dec.generate(PROMPTS)]  # and the decoder runs on

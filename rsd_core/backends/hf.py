@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -270,6 +271,39 @@ class HFGenerator:
             st.text = t
             st.delimited = (not st.eos) and any(t.endswith(d) or d in t for d in self._delimiters)
         return steps
+
+    def generate_steps(self, seqs: list[int], budgets: list[int], on_step: Callable[[int, Step], int]) -> None:
+        """Each row writes step after step, handing each to ``on_step(row, step)`` the moment it ends;
+        ``on_step`` returns the row's budget for its next step (0: the row stops; negative: all stop).
+
+        On the native engine a row goes straight on with its next step in the same batch, so no row
+        waits for the others' steps to end; elsewhere the rows still writing take their steps together."""
+        budgets = [max(1, min(b, self.context_length - len(self.cached.states[s].ids))) for s, b in zip(seqs, budgets)]
+        if isinstance(self.cached, NativeCachedModel):
+            def hook(i: int, tokens: list[int], eos: bool) -> int:
+                nxt = on_step(i, self._step(list(tokens), eos))
+                return nxt if nxt <= 0 else max(1, min(nxt, self.context_length - len(self.cached.states[seqs[i]].ids)))
+
+            self.cached.run(seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
+                            boundary=self.boundary, vocab_limit=len(self.tokenizer), on_step_end=hook)
+            return
+        rows = list(range(len(seqs)))
+        while rows:
+            steps = self.generate_step([seqs[i] for i in rows], [budgets[i] for i in rows])
+            going = []
+            for i, st in zip(rows, steps):
+                nxt = on_step(i, st)
+                if nxt < 0:
+                    return
+                if nxt > 0 and not st.eos:
+                    budgets[i] = nxt
+                    going.append(i)
+            rows = going
+
+    def _step(self, ids: list[int], eos: bool) -> Step:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Step(ids, text, eos, (not eos) and any(text.endswith(d) or d in text for d in self._delimiters),
+                    forwards=len(ids))
 
     def _verify(self, seqs: list[int], budgets: list[int], spec: list[int], proposals: list[Step],
                 heads: list[list[int]], kept: list[int], forwards: list[int]) -> list[int]:

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +30,9 @@ from rsd_core.runtime.cached_model import embedding_weight
 from rsd_core.runtime.ledger import Ledger
 from rsd_core.sampling import sample_next
 
-__all__ = ["NativeCachedModel", "native_unsupported"]
+__all__ = ["NativeCachedModel", "StepHook", "native_unsupported"]
+
+StepHook = Callable[[int, list[int], bool], int]  # (row, the step's tokens, ended at EOS) -> next budget
 
 
 @dataclass
@@ -120,10 +123,16 @@ class NativeCachedModel:
         constrained: Any = None,
         first_prev: list[int] | None = None,
         probs_out: list[torch.Tensor | None] | None = None,
+        on_step_end: StepHook | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """As ``CachedModel.run``: read every sequence's pending tokens, then (with ``budgets``) sample until
         each step ends. ``first_prev``: the token before the step, per row (a delimiter may straddle it);
-        ``probs_out``: filled with each row's sampling distributions ([n, V]; None when greedy)."""
+        ``probs_out``: filled with each row's sampling distributions ([n, V]; None when greedy).
+
+        ``on_step_end(row, tokens, eos)``: called the moment a row's step ends, with the sequence's ledger
+        already holding the step; it returns the row's budget for its next step, which the row goes on
+        to write in the same batch (0: the row stops; negative: every row stops). With it, every step
+        is handed to the hook and the returned lists are empty."""
         states = [self.states[s] for s in seqs]
         chunks = [s.pending for s in states]
         if any(not c for c in chunks):
@@ -141,13 +150,15 @@ class NativeCachedModel:
             return logits, gens, eos
         assert sampling is not None and boundary is not None
         dev = self.device
+        budgets = list(budgets)
         limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
         row_probs: list[list[torch.Tensor]] = [[] for _ in seqs]
         keep_probs = probs_out is not None and not sampling.greedy
         prev = torch.tensor(first_prev if first_prev is not None else [boundary.none] * B, device=dev)
         full = logits.clone()  # the newest logits of every row (rows that finished keep stale ones, unread)
+        books = [_Unsettled(s.n_cached) for s in states]
         active = list(range(B))
-        for _ in range(max(budgets)):
+        while active:
             drawn: list[torch.Tensor] = []
             tok = sample_next(full[:, :limit], sampling, generator, drawn if keep_probs else None)
             if constrained is not None and constrained.rows:
@@ -158,38 +169,68 @@ class NativeCachedModel:
             step_end, is_eos = boundary.ends(prev, tok)
             prev = tok
             tok_l, end_l, eos_l = tok.tolist(), step_end.tolist(), is_eos.tolist()
-            still = []
+            still, fresh = [], []
+            stop_all = False
             for i in active:
-                gens[i].append(tok_l[i])
+                s, t = states[i], tok_l[i]
+                gens[i].append(t)
+                s.ids.append(t)  # the ledger follows token by token: a hook sees the sequence as it is
+                s.own_unfed = 1
+                books[i].generated += 1
                 if keep_probs:
                     row_probs[i].append(drawn[0][i])
                 if eos_l[i]:
                     eos[i] = True
                 if not (end_l[i] or eos_l[i] or len(gens[i]) >= budgets[i]):
                     still.append(i)
-            active = still
+                elif on_step_end is not None and not stop_all:
+                    books[i].settle(s, self.flops)
+                    nxt = on_step_end(i, gens[i], eos_l[i])
+                    gens[i] = []
+                    if nxt < 0:
+                        stop_all = True
+                    elif nxt > 0 and not eos_l[i]:
+                        budgets[i] = nxt
+                        still.append(i)
+                        fresh.append(i)
+            active = [] if stop_all else still
             if not active:
                 break
+            if fresh:  # a new step starts: no delimiter straddles into it
+                prev[torch.tensor(fresh, device=dev)] = boundary.none
             # The rows still writing read their newest token; the others are done (no idle rows).
             act = [states[i] for i in active]
             ids = torch.tensor([[tok_l[i]] for i in active], device=dev)
-            for s in act:
-                self.cache.check_room(s.slot, 1)
-            out = self.forward(ids, [s.slot for s in act], [self.cache.lengths[s.slot] for s in act], self.cache,
+            for st in act:
+                self.cache.check_room(st.slot, 1)
+            out = self.forward(ids, [st.slot for st in act], [self.cache.lengths[st.slot] for st in act], self.cache,
                                last=[0] * len(act))
             self.forwards += 1
-            for s in act:
-                self.cache.lengths[s.slot] += 1
+            for i, st in zip(active, act):
+                self.cache.lengths[st.slot] += 1
+                st.n_cached += 1
+                st.own_unfed = 0
+                books[i].fed += 1
             full[torch.tensor(active, device=dev)] = out
-        for s, g in zip(states, gens):
-            fed = len(g) - 1  # the last sampled token is not read yet
-            ctx = s.n_cached
-            s.ids.extend(g)
-            s.n_cached += fed
-            s.own_unfed = 1
-            s.usage.decode_tokens += len(g)
-            s.usage.paper_flops += self.flops.weights(len(g))
-            s.usage.flops += self.flops.forward(fed, ctx)
+        for s, book in zip(states, books):
+            book.settle(s, self.flops)
+            s.own_unfed = 1 if s.n_cached < len(s.ids) else 0
         if probs_out is not None:
             probs_out[:] = [torch.stack(p) if p else None for p in row_probs]
         return logits, gens, eos
+
+
+@dataclass
+class _Unsettled:
+    """Tokens a row sampled and fed since its usage was last brought up to date."""
+
+    ctx: int  # tokens cached before the first of them was fed
+    generated: int = 0
+    fed: int = 0
+
+    def settle(self, s: SlotSeq, flops: FlopCounter) -> None:
+        s.usage.decode_tokens += self.generated
+        s.usage.paper_flops += flops.weights(self.generated)
+        s.usage.flops += flops.forward(self.fed, self.ctx)
+        self.ctx += self.fed
+        self.generated = self.fed = 0

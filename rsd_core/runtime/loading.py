@@ -9,8 +9,10 @@ never a randomly initialised layer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import pickle
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,9 +141,18 @@ def _quiet_loading() -> Iterator[None]:
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    # The GGUF reader draws its own tqdm bar ("Converting and de-quantizing GGUF tensors"), outside that switch.
+    gguf_utils: Any = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if gguf_utils is None and importlib.util.find_spec("gguf") is not None:
+        gguf_utils = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
         if was:
             hf_logging.enable_progress_bar()
 

