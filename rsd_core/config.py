@@ -54,6 +54,13 @@ class RSDConfig(BaseModel):
             in one forward and keeps the longest prefix its own decoding would write (greedy: exact
             match; sampling: the speculative-sampling rule), then writes on. Lossless: the target's
             text is unchanged, only fewer target forwards run. Needs one tokenizer for draft and target.
+        scheduler: ``auto`` runs RSD without lockstep rounds where the draft can (the native engine, no
+            grammar); ``lockstep`` always runs rounds (every sequence drafts a step, then the PRM scores
+            them all, then the target rewrites the rejected ones), as the reference implementation does.
+        target_batch / target_wait_s: without lockstep rounds (a draft on the native engine), rejected
+            steps queue for the target while the other sequences go on drafting; the target runs its
+            queue once this many steps wait, or once the oldest has waited this long (None: when no
+            sequence is left drafting, so the target always runs one full batch).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -70,6 +77,9 @@ class RSDConfig(BaseModel):
     target_sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     seed: int | None = Field(None, ge=0, le=2**62)  # seed + offsets must fit torch's 64-bit generator
     speculative_rewrite: bool = True
+    scheduler: Literal["auto", "lockstep"] = "auto"
+    target_batch: int | None = Field(None, ge=1, le=100_000)
+    target_wait_s: float | None = Field(None, gt=0.0, le=3600.0)
 
     @field_validator("step_delimiters")
     @classmethod

@@ -332,8 +332,11 @@ class _Run:
         # no grammar (its rows pick tokens on the host), and a target that takes proposals.
         # Target only, with nothing to decide between steps but the budgets and stops: each sequence writes
         # its steps back to back, never waiting for the others' steps (``generate_steps``).
-        self.continuous = (mode == "target" and not score_all and grammar is None
+        self.continuous = (mode == "target" and not score_all and grammar is None and cfg.scheduler == "auto"
                            and callable(getattr(dec.target, "generate_steps", None)))
+        # RSD without lockstep needs a draft that writes steps back to back in one batch (the native engine).
+        self.scheduled = (mode == "rsd" and grammar is None and cfg.scheduler == "auto"
+                          and bool(getattr(dec.draft, "steps_back_to_back", False)))
         self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
                            and "proposals" in inspect.signature(dec.target.generate_step).parameters)
         self.rng = random.Random(cfg.seed)
@@ -349,10 +352,12 @@ class _Run:
                     self._target_runs(active)
                 elif self.mode == "target":
                     self._target_writes(active, reason="target_only")
+                elif self.scheduled:
+                    self._scheduled(active, results)
                 else:
                     self._rsd_round(active)
                 for s in active:
-                    if s.finish is not None:
+                    if s.finish is not None and s.index not in results:
                         results[s.index] = self._finish(s)
         finally:
             self._release(seqs)
@@ -387,19 +392,29 @@ class _Run:
         return run.execute([prompt], [index])[0]
 
     def _rsd_round(self, seqs: list[_Seq]) -> None:
+        """One lockstep round: every sequence drafts a step, the PRM scores them together, the target
+        rewrites the rejected ones. (``_scheduled`` runs the same decisions without the lockstep.)"""
         # 1. the draft proposes the next step of every sequence
         t = time.perf_counter()
         proposals = self._model("draft", self.draft.generate_step, [s.id for s in seqs],
                                 [self._budget(s, self.draft) for s in seqs], **self._constraints(seqs))
         draft_s = time.perf_counter() - t
-        # 2. the PRM scores each proposal in context
+        # 2.-3. the PRM scores each proposal in context; each is kept with probability ω(r)
+        rejected = self._judge(seqs, proposals, draft_s)
+        # 4. a rejected step is thrown away; the target writes that step instead
+        if rejected:
+            self._throw_away(rejected)
+            self._target_writes([s for s, _, _ in rejected], reason="rejected", rejected=rejected)
+
+    def _judge(self, seqs: list[_Seq], proposals: list[Step], draft_s: float) -> list[tuple[_Seq, Step, float | None]]:
+        """Score the draft's steps (one PRM call), keep each with probability ω(r), report them; returns
+        the rejected ones."""
         rewards: list[Any] = [None] * len(seqs)
         reward_s = 0.0
         if self.uses_reward:
             t = time.perf_counter()
             rewards = self._score(seqs, [p.text for p in proposals])
             reward_s = time.perf_counter() - t
-        # 3. keep each step with probability ω(r)
         if self.mode == "rsd":
             weights, keep = self.weighting.decide(rewards, self.rng)
         else:
@@ -417,12 +432,68 @@ class _Run:
             else:
                 rejected.append((s, step, r))
             dispatch(self.callbacks, "on_step", event)
-        # 4. a rejected step is thrown away; the target writes that step instead
-        if rejected:
-            rs = [s for s, _, _ in rejected]
-            self.draft.rollback([s.id for s in rs], [len(step.token_ids) for _, step, _ in rejected])
-            self.reward.rollback([s.id for s in rs])
-            self._target_writes(rs, reason="rejected", rejected=rejected)
+        return rejected
+
+    def _throw_away(self, rejected: list[tuple[_Seq, Step, float | None]]) -> None:
+        rs = [s for s, _, _ in rejected]
+        self.draft.rollback([s.id for s in rs], [len(step.token_ids) for _, step, _ in rejected])
+        self.reward.rollback([s.id for s in rs])
+
+    def _scheduled(self, seqs: list[_Seq], results: dict[int, RSDResult]) -> None:
+        """RSD without lockstep rounds. The draft writes every sequence's steps in one batched decode; the
+        steps that end at the same token are scored together (one PRM call) the moment they end; an
+        accepted sequence goes straight on drafting, a rejected one waits in the target's queue. The
+        target runs its queue (one batch, each rewrite speculated from its rejected step) when
+        ``RSDConfig.target_batch`` steps wait or the oldest has waited ``target_wait_s``, or when no
+        sequence is left drafting; the draft's batch is paused for it and picks up where it stopped."""
+        queue: list[tuple[_Seq, Step, float | None]] = []
+        since: list[float] = []
+        partial: dict[int, list[int]] = {}
+        failed: list[BaseException] = []
+        cfg = self.cfg
+        while live := [s for s in seqs if s.finish is None]:
+            queued = {id(s) for s, _, _ in queue}
+            drafting = [s for s in live if id(s) not in queued]
+            if drafting:
+                t0 = [time.perf_counter()]
+
+                def on_steps(ended: list[tuple[int, Step]], drafting: list[_Seq] = drafting,
+                             t0: list[float] = t0) -> list[int]:
+                    try:
+                        rows = [drafting[i] for i, _ in ended]
+                        rejected = self._judge(rows, [st for _, st in ended], time.perf_counter() - t0[0])
+                        t0[0] = time.perf_counter()
+                        if rejected:
+                            self._throw_away(rejected)
+                            queue.extend(rejected)
+                            since.extend([t0[0]] * len(rejected))
+                        out = set(id(s) for s, _, _ in rejected)
+                        nexts = []
+                        for s in rows:
+                            if s.finish is not None:
+                                results[s.index] = self._finish(s)
+                            nexts.append(0 if s.finish is not None or id(s) in out else self._budget(s, self.draft))
+                    except BaseException as e:  # a callback's error (or cancellation): stop, unwrapped
+                        failed.append(e)
+                        return [-1] * len(ended)
+                    full = cfg.target_batch is not None and len(queue) >= cfg.target_batch
+                    late = cfg.target_wait_s is not None and bool(since) and t0[0] - since[0] >= cfg.target_wait_s
+                    return [-1] * len(nexts) if queue and (full or late) else nexts
+
+                left = self._model("draft", self.draft.generate_steps, [s.id for s in drafting],  # type: ignore[attr-defined]
+                                   [self._budget(s, self.draft) for s in drafting], on_steps,
+                                   resume=[partial.pop(s.id, []) for s in drafting])
+                if failed:
+                    raise failed[0]
+                for s, toks in zip(drafting, left):
+                    if toks and s.finish is None:
+                        partial[s.id] = toks
+            if queue:
+                batch, queue[:], since[:] = list(queue), [], []
+                self._target_writes([s for s, _, _ in batch], reason="rejected", rejected=batch)
+                for s, _, _ in batch:
+                    if s.finish is not None:
+                        results[s.index] = self._finish(s)
 
     def _target_writes(self, seqs: list[_Seq], reason: Literal["rejected", "target_only"],
                        rejected: list[tuple[_Seq, Step, float | None]] | None = None) -> None:
@@ -471,19 +542,22 @@ class _Run:
         last = [time.perf_counter()] * len(seqs)
         failed: list[BaseException] = []
 
-        def on_step(i: int, step: Step) -> int:
-            s = seqs[i]
-            try:
-                now = time.perf_counter()
-                self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
-                last[i] = now
-            except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
-                failed.append(e)
-                return -1
-            return 0 if s.finish is not None else self._budget(s, self.target)
+        def on_steps(ended: list[tuple[int, Step]]) -> list[int]:
+            nexts = []
+            for i, step in ended:
+                s = seqs[i]
+                try:
+                    now = time.perf_counter()
+                    self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
+                    last[i] = now
+                except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
+                    failed.append(e)
+                    return [-1] * len(ended)
+                nexts.append(0 if s.finish is not None else self._budget(s, self.target))
+            return nexts
 
         self._model("target", self.target.generate_steps, [s.id for s in seqs],  # type: ignore[attr-defined]
-                    [self._budget(s, self.target) for s in seqs], on_step)
+                    [self._budget(s, self.target) for s in seqs], on_steps)
         if failed:
             raise failed[0]
 

@@ -285,3 +285,67 @@ def test_a_callback_error_mid_run_stops_it_and_frees_every_sequence(tiny_paths):
         dec.generate(PROMPTS, callbacks=[boom])
     assert dec.target.cached.states == {}
     assert [r.text for r in dec.generate(PROMPTS)]  # and the decoder runs on
+
+
+def _spy_batches(gen, monkeypatch):
+    sizes = []
+    real = gen.generate_step
+
+    def spy(seqs, budgets, *a, **kw):
+        sizes.append(len(seqs))
+        return real(seqs, budgets, *a, **kw)
+
+    monkeypatch.setattr(gen, "generate_step", spy)
+    return sizes
+
+
+def staggered(q, prev, step):
+    """Rejects different sequences' steps at different step indices."""
+    return 0.0 if (len(prev) + len(q)) % 3 == 1 else 1.0
+
+
+@pytest.mark.parametrize("options", [{"target_batch": 1}, {"target_wait_s": 1e-9}])
+def test_scheduled_rsd_decides_as_lockstep_rounds(tiny_paths, monkeypatch, options):
+    """Without rounds, each sequence gets the same steps, rewards and decisions as in lockstep rounds;
+    only when the target runs changes: by default once no sequence is left drafting (fuller batches),
+    with target_batch=1 (or no wait) as soon as a step is rejected."""
+    prompts = PROMPTS + ["Dan has 7 cats and 2 dogs.", "Eve reads 3 books a week."]
+    cfg = RSDConfig(max_new_tokens=40, max_step_tokens=6)
+
+    def make(**update):
+        return RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                                   HFGenerator.from_pretrained(tiny_paths["target"]), staggered,
+                                   cfg.model_copy(update=update))
+
+    full, eager, rounds = make(), make(**options), make(scheduler="lockstep")
+    sizes_full, sizes_eager = _spy_batches(full.target, monkeypatch), _spy_batches(eager.target, monkeypatch)
+    seen: list = []
+    ref = rounds.generate(prompts)
+    for got in (full.generate(prompts), eager.generate(prompts, callbacks=[seen.append])):
+        for x, y in zip(got, ref):
+            assert trace(x) == trace(y) and x.text == y.text
+            assert [s.reward for s in x.steps] == [s.reward for s in y.steps]
+            assert x.stats.target.decode_tokens == y.stats.target.decode_tokens
+    assert sum(sizes_full) == sum(sizes_eager) > 0  # the same rewrites, batched differently
+    assert len(sizes_eager) > len(sizes_full) and max(sizes_full) > 1
+    for i in range(len(prompts)):  # each sequence's events in order, its end last
+        mine = [e for e in seen if getattr(e, "sequence_index", getattr(e, "index", None)) == i]
+        steps = [e.step_index for e in mine if type(e).__name__ == "StepEvent"]
+        assert steps == sorted(steps) and type(mine[-1]).__name__ == "RSDResult"
+    for dec in (full, eager):
+        assert dec.draft.cached.states == {} and dec.target.cached.states == {}
+
+
+def test_a_callback_error_in_a_scheduled_run_frees_every_sequence(tiny_paths):
+    dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                              HFGenerator.from_pretrained(tiny_paths["target"]), every_other_step,
+                              RSDConfig(max_new_tokens=40, max_step_tokens=6))
+
+    def boom(event):
+        if type(event).__name__ == "StepEvent" and event.step_index == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dec.generate(PROMPTS, callbacks=[boom])
+    assert dec.draft.cached.states == {} and dec.target.cached.states == {}
+    assert [r.text for r in dec.generate(PROMPTS)]

@@ -272,38 +272,58 @@ class HFGenerator:
             st.delimited = (not st.eos) and any(t.endswith(d) or d in t for d in self._delimiters)
         return steps
 
-    def generate_steps(self, seqs: list[int], budgets: list[int], on_step: Callable[[int, Step], int]) -> None:
-        """Each row writes step after step, handing each to ``on_step(row, step)`` the moment it ends;
-        ``on_step`` returns the row's budget for its next step (0: the row stops; negative: all stop).
+    @property
+    def steps_back_to_back(self) -> bool:
+        """Whether a row goes on with its next step inside one batched decode (the native engine, with
+        this class's own stepping: a subclass that replaces ``generate_step`` steps its own way)."""
+        return (isinstance(self.cached, NativeCachedModel)
+                and type(self).generate_step is HFGenerator.generate_step)
+
+    def generate_steps(self, seqs: list[int], budgets: list[int],
+                       on_steps: Callable[[list[tuple[int, Step]]], list[int]],
+                       resume: list[list[int]] | None = None) -> list[list[int]]:
+        """Each row writes step after step; the steps that end at the same token go to
+        ``on_steps([(row, step), ...])`` at once, which returns each row's budget for its next step
+        (0: the row stops; any negative: every row stops where it is). Returns, per row, the tokens of a
+        step it was stopped in the middle of; ``resume`` gives them back to write on (native engine).
 
         On the native engine a row goes straight on with its next step in the same batch, so no row
         waits for the others' steps to end; elsewhere the rows still writing take their steps together."""
-        budgets = [max(1, min(b, self.context_length - len(self.cached.states[s].ids))) for s, b in zip(seqs, budgets)]
-        if isinstance(self.cached, NativeCachedModel):
-            def hook(i: int, tokens: list[int], eos: bool) -> int:
-                nxt = on_step(i, self._step(list(tokens), eos))
-                return nxt if nxt <= 0 else max(1, min(nxt, self.context_length - len(self.cached.states[seqs[i]].ids)))
+        def room(i: int, nxt: int) -> int:
+            return nxt if nxt <= 0 else max(1, min(nxt, self.context_length - self.num_tokens(seqs[i])))
 
-            self.cached.run(seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
-                            boundary=self.boundary, vocab_limit=len(self.tokenizer), on_step_end=hook)
-            return
+        budgets = [room(i, b) for i, b in enumerate(budgets)]
+        if self.steps_back_to_back:
+            assert isinstance(self.cached, NativeCachedModel)
+            def hook(ended: list[tuple[int, list[int], bool, torch.Tensor | None]]) -> list[int]:
+                nexts = on_steps([(i, self._step(list(tokens), eos, probs)) for i, tokens, eos, probs in ended])
+                return [room(i, n) for (i, *_), n in zip(ended, nexts)]
+
+            _, partial, _ = self.cached.run(seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
+                                            boundary=self.boundary, vocab_limit=len(self.tokenizer),
+                                            on_step_end=hook, resume=resume,
+                                            probs_out=[] if self.keep_probs else None)
+            return partial
+        if resume is not None and any(resume):
+            raise ValueError("only the native engine resumes a partial step")
         rows = list(range(len(seqs)))
         while rows:
             steps = self.generate_step([seqs[i] for i in rows], [budgets[i] for i in rows])
+            nexts = on_steps(list(zip(rows, steps)))
+            if any(n < 0 for n in nexts):
+                break
             going = []
-            for i, st in zip(rows, steps):
-                nxt = on_step(i, st)
-                if nxt < 0:
-                    return
+            for i, st, nxt in zip(rows, steps, nexts):
                 if nxt > 0 and not st.eos:
-                    budgets[i] = nxt
+                    budgets[i] = room(i, nxt)
                     going.append(i)
             rows = going
+        return [[] for _ in seqs]
 
-    def _step(self, ids: list[int], eos: bool) -> Step:
+    def _step(self, ids: list[int], eos: bool, probs: torch.Tensor | None = None) -> Step:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         return Step(ids, text, eos, (not eos) and any(text.endswith(d) or d in text for d in self._delimiters),
-                    forwards=len(ids))
+                    probs=probs, forwards=len(ids))
 
     def _verify(self, seqs: list[int], budgets: list[int], spec: list[int], proposals: list[Step],
                 heads: list[list[int]], kept: list[int], forwards: list[int]) -> list[int]:

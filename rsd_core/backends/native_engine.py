@@ -32,7 +32,9 @@ from rsd_core.sampling import sample_next
 
 __all__ = ["NativeCachedModel", "StepHook", "native_unsupported"]
 
-StepHook = Callable[[int, list[int], bool], int]  # (row, the step's tokens, ended at EOS) -> next budget
+# Steps that ended at one token, [(row, the step's tokens, ended at EOS, the distributions they were drawn
+# from or None)] -> each row's next budget
+StepHook = Callable[[list[tuple[int, list[int], bool, torch.Tensor | None]]], list[int]]
 
 
 @dataclass
@@ -124,15 +126,18 @@ class NativeCachedModel:
         first_prev: list[int] | None = None,
         probs_out: list[torch.Tensor | None] | None = None,
         on_step_end: StepHook | None = None,
+        resume: list[list[int]] | None = None,
     ) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
         """As ``CachedModel.run``: read every sequence's pending tokens, then (with ``budgets``) sample until
         each step ends. ``first_prev``: the token before the step, per row (a delimiter may straddle it);
         ``probs_out``: filled with each row's sampling distributions ([n, V]; None when greedy).
 
-        ``on_step_end(row, tokens, eos)``: called the moment a row's step ends, with the sequence's ledger
-        already holding the step; it returns the row's budget for its next step, which the row goes on
-        to write in the same batch (0: the row stops; negative: every row stops). With it, every step
-        is handed to the hook and the returned lists are empty."""
+        ``on_step_end([(row, tokens, eos, probs), ...])``: called the token the steps of those rows end (all rows
+        whose step ended at that token, together), with each sequence's ledger already holding its step;
+        it returns each row's budget for its next step, which the row goes on to write in the same batch
+        (0: the row stops; any negative: every row stops where it is). With it, every finished step goes
+        to the hook, and the returned token lists hold what stopped rows had written of an unfinished
+        step; ``resume`` hands such partial steps back, to be written on."""
         states = [self.states[s] for s in seqs]
         chunks = [s.pending for s in states]
         if any(not c for c in chunks):
@@ -154,6 +159,9 @@ class NativeCachedModel:
         limit = min(vocab_limit or logits.shape[-1], logits.shape[-1])
         row_probs: list[list[torch.Tensor]] = [[] for _ in seqs]
         keep_probs = probs_out is not None and not sampling.greedy
+        if resume is not None:
+            gens = [list(r) for r in resume]
+            first_prev = [r[-1] if r else boundary.none for r in resume]
         prev = torch.tensor(first_prev if first_prev is not None else [boundary.none] * B, device=dev)
         full = logits.clone()  # the newest logits of every row (rows that finished keep stale ones, unread)
         books = [_Unsettled(s.n_cached) for s in states]
@@ -169,8 +177,7 @@ class NativeCachedModel:
             step_end, is_eos = boundary.ends(prev, tok)
             prev = tok
             tok_l, end_l, eos_l = tok.tolist(), step_end.tolist(), is_eos.tolist()
-            still, fresh = [], []
-            stop_all = False
+            still, ended = [], []
             for i in active:
                 s, t = states[i], tok_l[i]
                 gens[i].append(t)
@@ -183,17 +190,24 @@ class NativeCachedModel:
                     eos[i] = True
                 if not (end_l[i] or eos_l[i] or len(gens[i]) >= budgets[i]):
                     still.append(i)
-                elif on_step_end is not None and not stop_all:
+                elif on_step_end is not None:
                     books[i].settle(s, self.flops)
-                    nxt = on_step_end(i, gens[i], eos_l[i])
+                    probs = torch.stack(row_probs[i]) if keep_probs and row_probs[i] else None
+                    row_probs[i] = []
+                    ended.append((i, gens[i], bool(eos_l[i]), probs))
+            fresh = []
+            if ended:
+                assert on_step_end is not None
+                nexts = on_step_end(ended)
+                for (i, _, at_eos, _), nxt in zip(ended, nexts):
                     gens[i] = []
-                    if nxt < 0:
-                        stop_all = True
-                    elif nxt > 0 and not eos_l[i]:
+                    if nxt > 0 and not at_eos:
                         budgets[i] = nxt
-                        still.append(i)
                         fresh.append(i)
-            active = [] if stop_all else still
+                if any(n < 0 for n in nexts):
+                    break
+                still = sorted(still + fresh)
+            active = still
             if not active:
                 break
             if fresh:  # a new step starts: no delimiter straddles into it
