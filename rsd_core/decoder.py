@@ -447,7 +447,7 @@ class _Run:
         ``RSDConfig.target_batch`` steps wait or the oldest has waited ``target_wait_s``, or when no
         sequence is left drafting; the draft's batch is paused for it and picks up where it stopped."""
         queue: list[tuple[_Seq, Step, float | None]] = []
-        since: list[float] = []
+        oldest = [0.0]  # when the oldest step in the queue was queued
         partial: dict[int, list[int]] = {}
         failed: list[BaseException] = []
         cfg = self.cfg
@@ -465,8 +465,9 @@ class _Run:
                         t0[0] = time.perf_counter()
                         if rejected:
                             self._throw_away(rejected)
+                            if not queue:
+                                oldest[0] = t0[0]
                             queue.extend(rejected)
-                            since.extend([t0[0]] * len(rejected))
                         out = set(id(s) for s, _, _ in rejected)
                         nexts = []
                         for s in rows:
@@ -477,7 +478,7 @@ class _Run:
                         failed.append(e)
                         return [-1] * len(ended)
                     full = cfg.target_batch is not None and len(queue) >= cfg.target_batch
-                    late = cfg.target_wait_s is not None and bool(since) and t0[0] - since[0] >= cfg.target_wait_s
+                    late = cfg.target_wait_s is not None and t0[0] - oldest[0] >= cfg.target_wait_s
                     return [-1] * len(nexts) if queue and (full or late) else nexts
 
                 left = self._model("draft", self.draft.generate_steps, [s.id for s in drafting],  # type: ignore[attr-defined]
@@ -489,7 +490,7 @@ class _Run:
                     if toks and s.finish is None:
                         partial[s.id] = toks
             if queue:
-                batch, queue[:], since[:] = list(queue), [], []
+                batch, queue[:] = list(queue), []
                 self._target_writes([s for s, _, _ in batch], reason="rejected", rejected=batch)
                 for s, _, _ in batch:
                     if s.finish is not None:

@@ -261,16 +261,11 @@ class HFGenerator:
                 gens[i], eos[i] = sub_gens[j], sub_eos[j]
                 forwards[i] += len(sub_gens[j])  # reading the pending tokens, then one per token fed
                 probs[i] = drawn[j] if drawn else None
-        steps = []
-        for i, (head, gen) in enumerate(zip(heads, gens)):
-            ids = head + gen
-            e = eos[i] or (bool(ids) and ids[-1] in self.eos_ids and not gen)
-            steps.append(Step(ids, "", e, False, probs=probs[i], forwards=forwards[i], speculated=kept[i]))
-        texts = self.tokenizer.batch_decode([st.token_ids for st in steps], skip_special_tokens=True)
-        for st, t in zip(steps, texts):
-            st.text = t
-            st.delimited = (not st.eos) and any(t.endswith(d) or d in t for d in self._delimiters)
-        return steps
+        ids = [head + gen for head, gen in zip(heads, gens)]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [self._make_step(t_ids, text, eos[i] or (bool(t_ids) and t_ids[-1] in self.eos_ids and not gens[i]),
+                                probs=probs[i], forwards=forwards[i], speculated=kept[i])
+                for i, (t_ids, text) in enumerate(zip(ids, texts))]
 
     @property
     def steps_back_to_back(self) -> bool:
@@ -321,9 +316,12 @@ class HFGenerator:
         return [[] for _ in seqs]
 
     def _step(self, ids: list[int], eos: bool, probs: torch.Tensor | None = None) -> Step:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self._make_step(ids, self.tokenizer.decode(ids, skip_special_tokens=True), eos, probs=probs,
+                               forwards=len(ids))
+
+    def _make_step(self, ids: list[int], text: str, eos: bool, **counts: Any) -> Step:
         return Step(ids, text, eos, (not eos) and any(text.endswith(d) or d in text for d in self._delimiters),
-                    probs=probs, forwards=len(ids))
+                    **counts)
 
     def _verify(self, seqs: list[int], budgets: list[int], spec: list[int], proposals: list[Step],
                 heads: list[list[int]], kept: list[int], forwards: list[int]) -> list[int]:
@@ -342,12 +340,14 @@ class HFGenerator:
             q = proposals[i].probs
             k, nxt = verify(logits[j, N - m - 1:, :limit], p, None if q is None else q[:m], self.sampling,
                             self._generator)
-            k = min(k, self._first_end(p) + 1)  # the target's own step would have ended there
-            head = p[:k]
-            ended = bool(head) and (len(head) >= budgets[i] or self._first_end(head) == len(head) - 1)
-            if not ended:
-                head = head + [nxt]
-                ended = len(head) >= budgets[i] or self._first_end(head) == len(head) - 1
+            end = self._first_end(p[:k] + [nxt])  # where the target's own step ends, if in reach
+            if end < k:  # inside the kept prefix: the step ends there
+                k, head, ended = end + 1, p[: end + 1], True
+            elif k >= budgets[i]:
+                head, ended = p[:k], True
+            else:
+                head = p[:k] + [nxt]
+                ended = end == k or len(head) >= budgets[i]
             s = states[seqs[i]]
             forwards[i] += 1
             kept[i] = k

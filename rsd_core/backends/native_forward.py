@@ -137,8 +137,7 @@ class NativeForward:
         self.embed = emb.detach()
         self.layers = [_Layer(layer, transposed) for layer in inner.layers]
         self.norm = inner.norm.weight.detach()
-        self.norm_eps = self.layers[0].eps if self.layers else 1e-6
-        self.norm_eps = float(getattr(inner.norm, "variance_epsilon", getattr(inner.norm, "eps", self.norm_eps)))
+        self.norm_eps = float(getattr(inner.norm, "variance_epsilon", getattr(inner.norm, "eps", 1e-6)))
         head = model.get_output_embeddings()
         tied = head.weight.data_ptr() == emb.data_ptr()
         self.lm_head = _Weight([head.weight], [getattr(head, "bias", None)], transposed)
