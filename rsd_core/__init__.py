@@ -20,7 +20,7 @@ from rsd_core.errors import (
     RSDError,
     UnknownRewardModelError,
 )
-from rsd_core.events import GenerationStats, ModelUsage, RSDResult, StepEvent, TargetInvocationEvent
+from rsd_core.events import GenerationStats, ModelUsage, RSDResult, SequenceError, StepEvent, TargetInvocationEvent
 from rsd_core.rewards import FunctionReward, RewardModel, load_reward_model
 from rsd_core.weighting import Weighting
 
@@ -38,6 +38,7 @@ __all__ = [
     "ModelLoadError",
     "ModelUsage",
     "PromptTooLongError",
+    "SequenceError",
     "RSDConfig",
     "RSDError",
     "RSDResult",

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from rsd_core.sampling import sample_next
+from rsd_core.sampling import Draws, filtered_probs
 
 QUOTE, BACKSLASH = 0x22, 0x5C
 MAX_STRING_BYTES = 512
@@ -479,14 +479,14 @@ class ConstrainedRows:
         self.eos = sorted(e for e in eos_ids if e < limit)
 
     def pick(self, logits: torch.Tensor, tok: torch.Tensor, live: list[bool], sampling: Any,
-             generator: torch.Generator | None) -> torch.Tensor:
+             draws: Draws | None) -> torch.Tensor:
         """``tok`` with each live constrained row's token replaced by an allowed one."""
         chosen: dict[int, int] = {}
         own = tok.tolist()
         for r, cur in list(self.rows.items()):
             if not live[r]:
                 continue
-            t = self._choose(logits[r, : self.limit], cur, own[r], sampling, generator)
+            t = self._choose(logits[r, : self.limit], cur, own[r], sampling, draws, r)
             if t is None:
                 del self.rows[r]
                 continue
@@ -506,8 +506,8 @@ class ConstrainedRows:
         tok[idx] = torch.tensor(list(chosen.values()), device=tok.device, dtype=tok.dtype)
         return tok
 
-    def _choose(self, row: torch.Tensor, cur: Cursor, own: int, sampling: Any,
-                generator: torch.Generator | None) -> int | None:
+    def _choose(self, row: torch.Tensor, cur: Cursor, own: int, sampling: Any, draws: Draws | None,
+                r: int) -> int | None:
         """``own`` (the token picked without the grammar) if the grammar allows it, which is the usual
         case; otherwise the most likely allowed token (greedy) or one sampled among the most likely
         allowed ones. Keeping an allowed sample and redrawing otherwise samples the masked distribution."""
@@ -534,5 +534,7 @@ class ConstrainedRows:
             ok = [i for i in ids if allowed(i)]  # sampled among the most likely allowed tokens
             if ok:
                 sub = row[torch.tensor(ok, device=row.device)][None]
-                return ok[int(sample_next(sub, sampling, generator)[0])]
+                probs = filtered_probs(sub, sampling)[0]  # drawn from the row's own stream
+                generator = draws.generator(r) if draws is not None else None
+                return ok[int(torch.multinomial(probs, 1, generator=generator)[0])]
         return None

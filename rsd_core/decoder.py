@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import random
 import threading
 import time
@@ -33,11 +34,12 @@ from typing import Any, Literal
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
-from rsd_core.errors import InvalidPromptError, ModelRunError, RSDError
+from rsd_core.errors import InvalidPromptError, ModelRunError, RewardValueError, RSDError
 from rsd_core.events import (
     FinishReason,
     GenerationStats,
     RSDResult,
+    SequenceError,
     StepEvent,
     TargetInvocationEvent,
     dispatch,
@@ -45,6 +47,7 @@ from rsd_core.events import (
 from rsd_core.messages import check_text, validate_messages
 from rsd_core.rewards import RewardModel, load_reward_model
 from rsd_core.rewards.base import checked_rewards
+from rsd_core.sampling import stream_key
 from rsd_core.weighting import Weighting
 
 Mode = Literal["rsd", "draft", "target"]
@@ -67,7 +70,9 @@ class _Seq:
     cursor: Any = None  # where ``text`` stands in the run's grammar (read up to ``cursor_at`` characters)
     cursor_at: int = 0
     stats: GenerationStats = field(default_factory=GenerationStats)
-    finish: FinishReason | None = None
+    finish: FinishReason | Literal["error"] | None = None
+    error: BaseException | None = None  # what ended it without a result (``finish`` is then "error")
+    rng: random.Random = field(default_factory=random.Random)  # its accept / reject draws
 
 
 class _Serialized:
@@ -339,8 +344,20 @@ class _Run:
                           and bool(getattr(dec.draft, "steps_back_to_back", False)))
         self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
                            and "proposals" in inspect.signature(dec.target.generate_step).parameters)
-        self.rng = random.Random(cfg.seed)
+        self.streams: dict[int, int] = {}  # prompt index -> its sequence's random stream (seeded runs)
         self.t0 = time.perf_counter()
+
+    def _streams(self, prompts: list[Prompt], indices: list[int]) -> None:
+        """Each seeded sequence's stream key, from the seed and its prompt (and, for a prompt given more
+        than once, which copy it is): the same text alone or among others, different for each copy."""
+        if self.cfg.seed is None:
+            return
+        copies: dict[str, int] = {}
+        for p, i in zip(prompts, indices):
+            if i not in self.streams:
+                what = json.dumps([_conversation(p), self.tools, self.reply_prefix], sort_keys=True, default=str)
+                copies[what] = copies.get(what, -1) + 1
+                self.streams[i] = stream_key(self.cfg.seed, what, copies[what])
 
     # ------------------------------------------------------------------ the loop
     def execute(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[RSDResult]:
@@ -357,10 +374,13 @@ class _Run:
                 else:
                     self._rsd_round(active)
                 for s in active:
-                    if s.finish is not None and s.index not in results:
+                    if s.finish is not None and s.error is None and s.index not in results:
                         results[s.index] = self._finish(s)
         finally:
             self._release(seqs)
+        for s in seqs:  # the others have finished (their callbacks ran): the first failure is raised
+            if s.error is not None:
+                raise s.error
         return [results[s.index] for s in seqs]
 
     def execute_each(self, prompts: list[Prompt], concurrency: int) -> list[RSDResult]:
@@ -376,6 +396,7 @@ class _Run:
                 if used:
                     model.render_prompt(p, self.tools, self.reply_prefix)
         self.callbacks = [_Serialized(self.callbacks)]
+        self._streams(prompts, list(range(len(prompts))))
         with ThreadPoolExecutor(max_workers=min(concurrency, len(prompts)), thread_name_prefix="rsd-seq") as pool:
             futures = [pool.submit(self._one, p, i) for i, p in enumerate(prompts)]
             outcomes = [f.exception() or f.result() for f in futures]
@@ -387,8 +408,7 @@ class _Run:
     def _one(self, prompt: Prompt, index: int) -> RSDResult:
         run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all,
                    self.reply_prefix, self.grammar)
-        run.rng = random.Random(None if self.cfg.seed is None else self.cfg.seed + index)
-        run.t0 = self.t0
+        run.streams, run.t0 = self.streams, self.t0
         return run.execute([prompt], [index])[0]
 
     def _rsd_round(self, seqs: list[_Seq]) -> None:
@@ -415,8 +435,11 @@ class _Run:
             t = time.perf_counter()
             rewards = self._score(seqs, [p.text for p in proposals])
             reward_s = time.perf_counter() - t
+            if any(s.error for s in seqs):  # those sequences ended (``_fail``); the rest go on
+                kept = [i for i, s in enumerate(seqs) if s.error is None]
+                seqs, proposals, rewards = [seqs[i] for i in kept], [proposals[i] for i in kept], [rewards[i] for i in kept]
         if self.mode == "rsd":
-            weights, keep = self.weighting.decide(rewards, self.rng)
+            weights, keep = self.weighting.decide(rewards, [s.rng for s in seqs])
         else:
             weights, keep = [None] * len(seqs), [True] * len(seqs)  # type: ignore[list-item]
         latency = {"draft": draft_s, "reward": reward_s}
@@ -471,7 +494,7 @@ class _Run:
                         out = set(id(s) for s, _, _ in rejected)
                         nexts = []
                         for s in rows:
-                            if s.finish is not None:
+                            if s.finish is not None and s.error is None:
                                 results[s.index] = self._finish(s)
                             nexts.append(0 if s.finish is not None or id(s) in out else self._budget(s, self.draft))
                     except BaseException as e:  # a callback's error (or cancellation): stop, unwrapped
@@ -493,7 +516,7 @@ class _Run:
                 batch, queue[:] = list(queue), []
                 self._target_writes([s for s, _, _ in batch], reason="rejected", rejected=batch)
                 for s, _, _ in batch:
-                    if s.finish is not None:
+                    if s.finish is not None and s.error is None:
                         results[s.index] = self._finish(s)
 
     def _target_writes(self, seqs: list[_Seq], reason: Literal["rejected", "target_only"],
@@ -514,10 +537,11 @@ class _Run:
             # The PRM must read the target's step anyway to keep its prefix; its reward is reported.
             rewards = self._score(seqs, [st.text for st in steps])
         if self.uses_draft:
-            live = [(s, st) for s, st in zip(seqs, steps) if not st.eos]
+            live = [(s, st) for s, st in zip(seqs, steps) if not st.eos and s.error is None]
             self.draft.extend([s.id for s, _ in live], [self._handoff(st, self.draft) for _, st in live])
         for i, (s, step, r) in enumerate(zip(seqs, steps, rewards)):
-            self._target_step(s, step, r, reason, rejected[i] if rejected else None, lags[i], target_s)
+            if s.error is None:
+                self._target_step(s, step, r, reason, rejected[i] if rejected else None, lags[i], target_s)
 
     def _target_step(self, s: _Seq, step: Step, reward: float | None, reason: Literal["rejected", "target_only"],
                      rejected: tuple[_Seq, Step, float | None] | None, lag: int, target_s: float) -> None:
@@ -564,10 +588,55 @@ class _Run:
 
     # ------------------------------------------------------------------ bookkeeping
     def _score(self, seqs: list[_Seq], texts: list[str]) -> list[Any]:
-        """The PRM's reward for each sequence's newest step, each checked to be a number in [0, 1]."""
-        values = self._model("reward", self.reward.score, [s.id for s in seqs],
-                             [s.unscored + t for s, t in zip(seqs, texts)])
-        return checked_rewards(values, len(seqs), f"reward model {getattr(self.reward, 'name', '?')!r}")
+        """The PRM's reward for each sequence's newest step, each checked to be a number in [0, 1].
+
+        A failure that belongs to one sequence (a reward function raising on its text, a value out of
+        range) ends that sequence alone (``_fail``, its reward None): a batch whose scoring fails is
+        scored again one sequence at a time, and those that fail alone end while the others go on.
+        Where it cannot be pinned on some of them (all fail alone, or none do) or the device ran out
+        of memory, the batch's error is raised."""
+        full = [s.unscored + t for s, t in zip(seqs, texts)]
+        try:
+            return self._rewards(seqs, full)
+        except (ModelRunError, RewardValueError) as e:
+            if getattr(e, "out_of_memory", False):
+                raise
+            if len(seqs) == 1:
+                self._fail(seqs[0], e)
+                return [None]
+            error = e
+        out: list[Any] = []
+        alone: list[BaseException | None] = []
+        for s, text in zip(seqs, full):
+            try:
+                out += self._rewards([s], [text])
+                alone.append(None)
+            except (ModelRunError, RewardValueError) as e:
+                if getattr(e, "out_of_memory", False):
+                    raise
+                out.append(None)
+                alone.append(e)
+        if all(alone) or not any(alone):
+            raise error
+        for s, own in zip(seqs, alone):
+            if own is not None:
+                self._fail(s, own)
+        return out
+
+    def _rewards(self, seqs: list[_Seq], texts: list[str]) -> list[float]:
+        ids = [s.id for s in seqs]
+        values = self._model("reward", self.reward.score, ids, texts)
+        try:
+            return checked_rewards(values, len(seqs), f"reward model {getattr(self.reward, 'name', '?')!r}")
+        except RewardValueError:
+            self.reward.rollback(ids)  # score() kept every step
+            raise
+
+    def _fail(self, s: _Seq, error: BaseException) -> None:
+        """End one sequence without a result; the run goes on with the others and raises ``error`` at its end."""
+        s.finish, s.error = "error", error
+        self._release([s])
+        dispatch(self.callbacks, "on_error", SequenceError(s.index, error))
 
     def _model(self, role: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A model call; its failure becomes a ``ModelRunError`` naming the model (the run then releases
@@ -598,15 +667,20 @@ class _Run:
             d_ids = self.draft.render_prompt(p, self.tools, self.reply_prefix) if self.uses_draft else None
             t_ids = self.target.render_prompt(p, self.tools, self.reply_prefix) if self.uses_target else None
             rendered.append((conv, d_ids, t_ids))
+        indices = indices if indices is not None else list(range(len(prompts)))
+        self._streams(prompts, indices)
         seqs = []
-        for i, (conv, d_ids, t_ids) in enumerate(rendered):
-            index = indices[i] if indices is not None else i
+        for index, (conv, d_ids, t_ids) in zip(indices, rendered):
+            key = self.streams.get(index)
             s = _Seq(index, next(self.dec._ids), conv, len(t_ids if t_ids is not None else d_ids or []),
-                     text=self.reply_prefix, unscored=self.reply_prefix)
-            if d_ids is not None:
-                self.draft.start(s.id, d_ids)
-            if t_ids is not None:
-                self.target.start(s.id, t_ids)
+                     text=self.reply_prefix, unscored=self.reply_prefix,
+                     rng=random.Random(None if key is None else stream_key(key, "accept")))
+            for role, model, ids in (("draft", self.draft, d_ids), ("target", self.target, t_ids)):
+                if ids is not None:
+                    model.start(s.id, ids)
+                    set_stream = getattr(model, "set_stream", None)  # optional in the Generator contract
+                    if key is not None and set_stream is not None:
+                        set_stream(s.id, stream_key(key, role))
             if self.uses_reward:
                 self.reward.start(s.id, conv)
             seqs.append(s)
@@ -675,7 +749,8 @@ class _Run:
                 getattr(s.stats, name).add(model.usage(s.id))
         s.stats.wall_time_s = time.perf_counter() - self.t0
         self._release([s])
-        result = RSDResult(s.index, s.text, s.steps, s.stats, s.finish or "eos", s.n_prompt_tokens, s.n_tokens)
+        finish: FinishReason = "eos" if s.finish in (None, "error") else s.finish  # type: ignore[assignment]
+        result = RSDResult(s.index, s.text, s.steps, s.stats, finish, s.n_prompt_tokens, s.n_tokens)
         dispatch(self.callbacks, "on_end", result)
         return result
 

@@ -1,8 +1,9 @@
 """What a run reports: one StepEvent per proposed step, one TargetInvocationEvent per target call,
 and an RSDResult per prompt at the end. Callbacks see them as they happen.
 
-A callback is either an object with any of ``on_step``, ``on_target_invocation`` and ``on_end``, or
-a plain callable, which receives every event (``StepEvent``, ``TargetInvocationEvent``, ``RSDResult``).
+A callback is either an object with any of ``on_step``, ``on_target_invocation``, ``on_end`` and
+``on_error``, or a plain callable, which receives every event (``StepEvent``, ``TargetInvocationEvent``,
+``RSDResult``) but not ``SequenceError``.
 
 Example:
     >>> seen = []
@@ -174,6 +175,16 @@ class RSDResult:
         }
 
 
+@dataclass
+class SequenceError:
+    """A failure that belonged to one sequence (its reward could not be computed or checked): that
+    sequence ended without a result, the rest of its batch went on. ``generate`` raises ``error``
+    once the others have finished."""
+
+    sequence_index: int
+    error: BaseException
+
+
 @runtime_checkable
 class RSDCallback(Protocol):
     """Any subset of these methods; each is called as the event happens."""
@@ -183,6 +194,8 @@ class RSDCallback(Protocol):
     def on_target_invocation(self, event: TargetInvocationEvent) -> None: ...
 
     def on_end(self, result: RSDResult) -> None: ...
+
+    def on_error(self, event: SequenceError) -> None: ...
 
 
 Callback = RSDCallback | Callable[[Any], None]
@@ -194,5 +207,9 @@ def dispatch(callbacks: Iterable[Any], method: str, event: Any) -> None:
         fn = getattr(cb, method, None)
         if fn is not None:
             fn(event)
-        elif callable(cb) and not any(hasattr(cb, m) for m in ("on_step", "on_target_invocation", "on_end")):
+        elif callable(cb) and method in _PLAIN and not any(hasattr(cb, m) for m in _METHODS):
             cb(event)
+
+
+_PLAIN = ("on_step", "on_target_invocation", "on_end")  # what a plain callable receives
+_METHODS = _PLAIN + ("on_error",)

@@ -50,9 +50,11 @@ class Weighting:
         """True when no reward can accept a draft step (so the draft need not run)."""
         return (self.kind == "binary" and self.threshold >= 1.0) or (self.kind == "constant" and self.constant_p <= 0.0)
 
-    def decide(self, rewards: list[float], rng: random.Random) -> tuple[list[float], list[bool]]:
-        """ω for each reward and the accept decisions (u < ω with u ~ U[0, 1); exact for binary)."""
+    def decide(self, rewards: list[float], rng: random.Random | list[random.Random]) -> tuple[list[float], list[bool]]:
+        """ω for each reward and the accept decisions (u < ω with u ~ U[0, 1); exact for binary). ``rng``:
+        one for all, or one per reward (each sequence's own, so its decisions do not depend on its batch)."""
         weights = [self.weight(r) for r in rewards]
         if self.kind == "binary":
             return weights, [w == 1.0 for w in weights]
-        return weights, [rng.random() < w for w in weights]
+        rngs = rng if isinstance(rng, list) else [rng] * len(weights)
+        return weights, [g.random() < w for g, w in zip(rngs, weights)]

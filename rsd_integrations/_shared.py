@@ -24,7 +24,7 @@ from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar, UnsupportedSchema
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
-from rsd_core.events import RSDResult
+from rsd_core.events import RSDResult, SequenceError
 from rsd_integrations.chat_format import call_opening, check_tool_names, forced_reply, tool_names
 
 
@@ -290,13 +290,7 @@ class BatchScheduler:
                 self._run(reqs)
 
     def _run(self, reqs: list[Request]) -> None:
-        def route(event: Any) -> None:
-            idx = event.index if isinstance(event, RSDResult) else event.sequence_index
-            if not reqs[idx].cancelled.is_set():
-                reqs[idx].put(event)
-            elif all(r.cancelled.is_set() for r in reqs):
-                raise _AllCancelled  # nobody is listening: stop decoding, free the caches
-
+        route = _Route(reqs)
         head = reqs[0]
         try:
             dec = self.decoder  # held for the run
@@ -311,9 +305,37 @@ class BatchScheduler:
             else:
                 for r in reqs:
                     self._run([r])
-        except BaseException as e:  # every caller in the batch hears of it; the scheduler lives on
-            for r in reqs:
-                r.put(e)
+        except BaseException as e:  # every caller still waiting hears of it; the scheduler lives on
+            for i, r in enumerate(reqs):
+                if i not in route.done:
+                    r.put(e)
+
+
+class _Route:
+    """A batch's events to the request each belongs to. A failure that was one sequence's own
+    (``SequenceError``) goes to that request alone; the others carry on."""
+
+    def __init__(self, reqs: list[Request]):
+        self.reqs, self.done = reqs, set[int]()
+
+    def _put(self, idx: int, item: Any) -> None:
+        if not self.reqs[idx].cancelled.is_set():
+            self.reqs[idx].put(item)
+        elif all(r.cancelled.is_set() for r in self.reqs):
+            raise _AllCancelled  # nobody is listening: stop decoding, free the caches
+
+    def on_step(self, event: Any) -> None:
+        self._put(event.sequence_index, event)
+
+    on_target_invocation = on_step
+
+    def on_end(self, result: RSDResult) -> None:
+        self.done.add(result.index)
+        self._put(result.index, result)
+
+    def on_error(self, event: SequenceError) -> None:
+        self.done.add(event.sequence_index)
+        self._put(event.sequence_index, event.error)
 
 
 class _AllCancelled(Exception):

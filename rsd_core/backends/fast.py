@@ -27,7 +27,7 @@ from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.runtime.cached_model import cache_kwarg, embedding_weight
 from rsd_core.runtime.ledger import Ledger
-from rsd_core.sampling import sample_next
+from rsd_core.sampling import Draws, sample_next
 
 
 class SlotKVCache:
@@ -202,7 +202,7 @@ class FastCachedModel:
 
     @torch.inference_mode()
     def run(self, seqs: list[int], *, budgets: list[int] | None = None, sampling: SamplingConfig | None = None,
-            generator: torch.Generator | None = None, boundary: Any = None, sync_every: int = 8,
+            draws: Draws | None = None, boundary: Any = None, sync_every: int = 8,
             all_positions: bool = False, vocab_limit: int | None = None, constrained: Any = None,
             first_prev: list[int] | None = None,
             probs_out: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, list[list[int]], list[bool]]:
@@ -263,11 +263,18 @@ class FastCachedModel:
         if constrained is not None:  # its rows index ``seqs``: here they are the sequences' slots
             constrained.rows = {states[i].slot: c for i, c in constrained.rows.items()}
 
+        by_slot = None  # each sequence's random stream, at its slot
+        if draws is not None and not greedy:
+            by_slot = Draws(torch.zeros(S, dtype=torch.long, device=dev), torch.zeros(S, dtype=torch.long, device=dev))
+            by_slot.keys[slots], by_slot.counts[slots] = draws.keys, draws.counts
+
         def pick(lg: torch.Tensor) -> torch.Tensor:
             lg = lg[:, :limit]
-            tok = lg.argmax(-1) if greedy or sampling is None else sample_next(lg, sampling, generator)
+            tok = lg.argmax(-1) if greedy or sampling is None else sample_next(lg, sampling, by_slot)
             if constrained is not None and constrained.rows:
-                tok = constrained.pick(lg, tok, (~d["done"]).tolist(), sampling, generator)
+                tok = constrained.pick(lg, tok, (~d["done"]).tolist(), sampling, by_slot)
+            if by_slot is not None:
+                by_slot.advance(~d["done"])
             return tok
 
         self._record(pick(logits), boundary)
@@ -279,9 +286,11 @@ class FastCachedModel:
             L = self._view(self.col + 1)
             if greedy and constrained is None:
                 self._replay(("step", L, limit, id(boundary)), lambda: self._step_body(L, pick, boundary))
-            else:  # sampling draws from a host-seeded generator: run the same step eagerly
+            else:  # sampling (per-call stream tensors) and grammars (host picks) run the same step eagerly
                 self._step_body(L, pick, boundary)
             self.col += 1
+        if by_slot is not None and draws is not None:
+            draws.counts.copy_(by_slot.counts[slots])
         n_gen_l = d["n_gen"][slots].tolist()
         rows = d["gen"].index_select(0, slots)[:, :max_budget].tolist()
         eos_l = d["eos"][slots].tolist()

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 from rsd_core.runtime.tokens import control_strings
+from rsd_core.sampling import Draws
 
 __all__ = ["CachedModel", "HFGenerator", "StepBoundary", "context_length", "eos_token_ids", "load_pretrained",
            "render_prompt"]
@@ -183,7 +185,7 @@ class HFGenerator:
         self._boundary: StepBoundary | None = None
         # On CPU a host sync is free; on an accelerator, check for "all rows done" every few tokens.
         self.sync_every = sync_every or (1 if self.cached.device.type == "cpu" else 8)
-        self._generator: torch.Generator | None = None
+        self._keys = random.Random()  # the streams of sequences no one gave one (``set_stream``)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> HFGenerator:
@@ -204,11 +206,31 @@ class HFGenerator:
         return self._boundary
 
     def reseed(self, seed: int | None) -> None:
-        if seed is None:
-            self._generator = None
-        else:
-            self._generator = torch.Generator(device=self.cached.device)
-            self._generator.manual_seed(seed)
+        """Sequences started from now on without a stream of their own get streams drawn from ``seed``."""
+        self._keys = random.Random(seed)
+
+    def set_stream(self, seq: int, key: int) -> None:
+        """The random stream the sequence samples from (``sampling.Draws``): with the same key it draws
+        the same tokens whatever it is batched with."""
+        st = self.cached.states[seq]
+        st.stream, st.draws = key, 0
+
+    def _draws(self, seqs: list[int]) -> Draws | None:
+        if self.sampling.greedy:
+            return None
+        states = [self.cached.states[s] for s in seqs]
+        return Draws.of([st.stream for st in states], [st.draws for st in states], self.cached.device)
+
+    def _own_generator(self, st: Any) -> torch.Generator:
+        """A generator for one host-side draw of a sequence (a rewrite's verification), from its stream."""
+        g = Draws.of([st.stream], [st.draws], self.cached.device).generator(0)
+        st.draws += 1
+        return g
+
+    def _drew(self, seqs: list[int], draws: Draws | None) -> None:
+        if draws is not None:
+            for s, n in zip(seqs, draws.counts.tolist()):
+                self.cached.states[s].draws = n
 
     # the contract --------------------------------------------------------------
     def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
@@ -220,6 +242,7 @@ class HFGenerator:
 
     def start(self, seq: int, prompt_ids: list[int]) -> None:
         self.cached.new(seq, prompt_ids)
+        self.cached.states[seq].stream = self._keys.getrandbits(63)
 
     def extend(self, seqs: list[int], token_ids: list[list[int]]) -> None:
         for s, ids in zip(seqs, token_ids):
@@ -248,15 +271,18 @@ class HFGenerator:
         if open_rows:
             sub_rows = {open_rows.index(i): c for i, c in rows.items() if i in open_rows}
             drawn: list[torch.Tensor | None] = []
+            sub = [seqs[i] for i in open_rows]
+            draws = self._draws(sub)
             _, sub_gens, sub_eos = self.cached.run(
-                [seqs[i] for i in open_rows], budgets=[budgets[i] - len(heads[i]) for i in open_rows],
-                sampling=self.sampling, generator=self._generator, boundary=self.boundary, sync_every=self.sync_every,
+                sub, budgets=[budgets[i] - len(heads[i]) for i in open_rows],
+                sampling=self.sampling, draws=draws, boundary=self.boundary, sync_every=self.sync_every,
                 vocab_limit=len(self.tokenizer),
                 constrained=(ConstrainedRows(sub_rows, self.tokenizer, self.eos_ids, len(self.tokenizer))
                              if sub_rows else None),
                 first_prev=[heads[i][-1] if heads[i] else self.boundary.none for i in open_rows],
                 probs_out=drawn if self.keep_probs else None,
             )
+            self._drew(sub, draws)
             for j, i in enumerate(open_rows):
                 gens[i], eos[i] = sub_gens[j], sub_eos[j]
                 forwards[i] += len(sub_gens[j])  # reading the pending tokens, then one per token fed
@@ -294,10 +320,14 @@ class HFGenerator:
                 nexts = on_steps([(i, self._step(list(tokens), eos, probs)) for i, tokens, eos, probs in ended])
                 return [room(i, n) for (i, *_), n in zip(ended, nexts)]
 
-            _, partial, _ = self.cached.run(seqs, budgets=budgets, sampling=self.sampling, generator=self._generator,
-                                            boundary=self.boundary, vocab_limit=len(self.tokenizer),
-                                            on_step_end=hook, resume=resume,
-                                            probs_out=[] if self.keep_probs else None)
+            draws = self._draws(seqs)
+            try:
+                _, partial, _ = self.cached.run(seqs, budgets=budgets, sampling=self.sampling, draws=draws,
+                                                boundary=self.boundary, vocab_limit=len(self.tokenizer),
+                                                on_step_end=hook, resume=resume,
+                                                probs_out=[] if self.keep_probs else None)
+            finally:
+                self._drew([s for s in seqs if s in self.cached.states], draws)
             return partial
         if resume is not None and any(resume):
             raise ValueError("only the native engine resumes a partial step")
@@ -338,8 +368,9 @@ class HFGenerator:
         for j, (i, p) in enumerate(zip(spec, props)):
             m = len(p)
             q = proposals[i].probs
+            s = states[seqs[i]]
             k, nxt = verify(logits[j, N - m - 1:, :limit], p, None if q is None else q[:m], self.sampling,
-                            self._generator)
+                            None if self.sampling.greedy else self._own_generator(s))
             end = self._first_end(p[:k] + [nxt])  # where the target's own step ends, if in reach
             if end < k:  # inside the kept prefix: the step ends there
                 k, head, ended = end + 1, p[: end + 1], True
@@ -348,7 +379,6 @@ class HFGenerator:
             else:
                 head = p[:k] + [nxt]
                 ended = end == k or len(head) >= budgets[i]
-            s = states[seqs[i]]
             forwards[i] += 1
             kept[i] = k
             heads[i] = head

@@ -28,7 +28,7 @@ from rsd_core.backends.native_forward import NativeForward, native_unsupported
 from rsd_core.config import SamplingConfig
 from rsd_core.runtime.cached_model import embedding_weight
 from rsd_core.runtime.ledger import Ledger
-from rsd_core.sampling import sample_next
+from rsd_core.sampling import Draws, sample_next
 
 __all__ = ["NativeCachedModel", "StepHook", "native_unsupported"]
 
@@ -53,6 +53,7 @@ class NativeCachedModel:
         self.flops = FlopCounter.for_model(model)
         self.states: dict[int, SlotSeq] = {}
         self.forwards = 0  # forward passes so far (all sequences together)
+        self.forward_rows = 0  # rows those forwards read, summed (a row is a sequence writing or reading)
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +101,7 @@ class NativeCachedModel:
         last = None if all_positions else [len(c) - 1 for c in chunks]
         logits = self.forward(ids, [s.slot for s in states], starts, self.cache, last=last)
         self.forwards += 1
+        self.forward_rows += len(states)
         for s, c in zip(states, chunks):
             self.cache.lengths[s.slot] += len(c)
             s.n_cached = len(s.ids)
@@ -117,7 +119,7 @@ class NativeCachedModel:
         *,
         budgets: list[int] | None = None,
         sampling: SamplingConfig | None = None,
-        generator: torch.Generator | None = None,
+        draws: Draws | None = None,
         boundary: Any = None,
         sync_every: int = 1,
         all_positions: bool = False,
@@ -168,12 +170,14 @@ class NativeCachedModel:
         active = list(range(B))
         while active:
             drawn: list[torch.Tensor] = []
-            tok = sample_next(full[:, :limit], sampling, generator, drawn if keep_probs else None)
+            tok = sample_next(full[:, :limit], sampling, draws, drawn if keep_probs else None)
+            live = [False] * B
+            for i in active:
+                live[i] = True
             if constrained is not None and constrained.rows:
-                live = [False] * B
-                for i in active:
-                    live[i] = True
-                tok = constrained.pick(full[:, :limit], tok, live, sampling, generator)
+                tok = constrained.pick(full[:, :limit], tok, live, sampling, draws)
+            if draws is not None:  # a row's stream moves only with its own draws
+                draws.advance(torch.tensor(live, device=dev))
             step_end, is_eos = boundary.ends(prev, tok)
             prev = tok
             tok_l, end_l, eos_l = tok.tolist(), step_end.tolist(), is_eos.tolist()
@@ -220,6 +224,7 @@ class NativeCachedModel:
             out = self.forward(ids, [st.slot for st in act], [self.cache.lengths[st.slot] for st in act], self.cache,
                                last=[0] * len(act))
             self.forwards += 1
+            self.forward_rows += len(act)
             for i, st in zip(active, act):
                 self.cache.lengths[st.slot] += 1
                 st.n_cached += 1

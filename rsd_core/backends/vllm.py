@@ -39,6 +39,7 @@ from rsd_core.runtime.served import (
     flop_counter,
     load_tokenizer,
 )
+from rsd_core.sampling import stream_key
 
 __all__ = ["ServedModel", "VLLMClient", "VLLMGenerator"]
 
@@ -74,6 +75,11 @@ class VLLMGenerator:
 
     def reseed(self, seed: int | None) -> None:
         self._seed = seed
+
+    def set_stream(self, seq: int, key: int) -> None:
+        """The sequence's own random stream: each sampled step asks the server for a seed drawn from it."""
+        st = self._book.states[seq]
+        st.stream, st.draws = key, 0
 
     def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
                       reply_prefix: str = "") -> list[int]:
@@ -123,7 +129,10 @@ class VLLMGenerator:
         }
         if sp.top_k:
             body["top_k"] = sp.top_k
-        if self._seed is not None and not sp.greedy:
+        if st.stream and not sp.greedy:  # the sequence's own stream: the same whatever runs beside it
+            body["seed"] = stream_key(st.stream, st.draws) % 2**31
+            st.draws += 1
+        elif self._seed is not None and not sp.greedy:
             body["seed"] = (self._seed * 1_000_003 + seq * 7919 + st.usage.calls) % 2**31  # per sequence and step
         data = self.client.post("/v1/completions", body)
         try:

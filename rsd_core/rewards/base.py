@@ -27,7 +27,10 @@ class RewardModel(ABC):
 
     @abstractmethod
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
-        """Append one step to each sequence and return its reward (a float in [0, 1])."""
+        """Append one step to each sequence and return its reward (a float in [0, 1]).
+
+        All or nothing: when it raises, no sequence keeps the step. The decoder then scores the batch
+        one sequence at a time, so a failure that belongs to one sequence ends that sequence only."""
 
     @abstractmethod
     def rollback(self, seqs: list[int]) -> None:

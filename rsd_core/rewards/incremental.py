@@ -60,17 +60,24 @@ class IncrementalPRM(RewardModel):
         if not seqs:
             return []
         queries = []
-        for s, text in zip(seqs, steps):
-            conv, previous = self._conv[s], self._steps[s]
-            ids = self.format.step_ids(conv, previous, text)
-            q = self.format.query_ids(conv, previous, text)
-            self.cached.append(s, ids + q)
-            self.cached.count_scored(s, len(ids))
-            previous.append(text)
-            self._lens[s].append(len(ids))
-            queries.append(len(q))
-        logits, _, _ = self.cached.run(seqs)
-        rewards = self.format.reward_from(logits.float()).clamp(0.0, 1.0).tolist()
+        before = self.cached.lengths(seqs), [len(self._steps[s]) for s in seqs]
+        try:
+            for s, text in zip(seqs, steps):
+                conv, previous = self._conv[s], self._steps[s]
+                ids = self.format.step_ids(conv, previous, text)
+                q = self.format.query_ids(conv, previous, text)
+                self.cached.append(s, ids + q)
+                self.cached.count_scored(s, len(ids))
+                previous.append(text)
+                self._lens[s].append(len(ids))
+                queries.append(len(q))
+            logits, _, _ = self.cached.run(seqs)
+            rewards = self.format.reward_from(logits.float()).clamp(0.0, 1.0).tolist()
+        except BaseException:  # all or nothing: no sequence keeps half a step
+            self.cached.cut_to(seqs, before[0])
+            for s, n in zip(seqs, before[1]):
+                del self._steps[s][n:], self._lens[s][n:]
+            raise
         for s, nq in zip(seqs, queries):
             self.cached.truncate(s, nq)  # the question about the step is not part of the prefix
         return [float(r) for r in rewards]

@@ -73,6 +73,16 @@ class LikelihoodPRM(RewardModel):
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
         if not seqs:
             return []
+        before = self.cached.lengths(seqs), [len(self._lens[s]) for s in seqs], [len(self._last[s]) for s in seqs]
+        try:
+            return self._score(seqs, steps)
+        except BaseException:  # all or nothing: no sequence keeps half a step
+            self.cached.cut_to(seqs, before[0])
+            for s, n, m in zip(seqs, before[1], before[2]):
+                del self._lens[s][n:], self._last[s][m:]
+            raise
+
+    def _score(self, seqs: list[int], steps: list[str]) -> list[float]:
         new = []
         for s, text in zip(seqs, steps):
             ids = self.format.step_ids(text)

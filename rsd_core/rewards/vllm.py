@@ -85,7 +85,12 @@ class VLLMRewardModel(RewardModel):
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
         if len(seqs) <= 1:
             return [self._score(s, t) for s, t in zip(seqs, steps)]
-        return list(self._pool.map(self._score, seqs, steps))
+        futures = [self._pool.submit(self._score, s, t) for s, t in zip(seqs, steps)]
+        errors = [f.exception() for f in futures]  # waits for every request
+        if any(errors):  # all or nothing: the sequences that were scored take their step back
+            self.rollback([s for s, e in zip(seqs, errors) if e is None])
+            raise next(e for e in errors if e is not None)
+        return [f.result() for f in futures]
 
     def _score(self, seq: int, step: str) -> float:
         st = self._book.states[seq]

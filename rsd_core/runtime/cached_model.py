@@ -21,7 +21,7 @@ from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows
 from rsd_core.runtime.ledger import Ledger
-from rsd_core.sampling import sample_next
+from rsd_core.sampling import Draws, sample_next
 
 
 def embedding_weight(model: Any) -> torch.Tensor:
@@ -125,6 +125,15 @@ class CachedModel:
     def release(self, seq: int) -> None:
         self.states.pop(seq, None)
 
+    def lengths(self, seqs: list[int]) -> list[int]:
+        """Each sequence's length now: ``cut_to`` takes a failed call's appends back to it."""
+        return [len(self.states[s].ids) for s in seqs]
+
+    def cut_to(self, seqs: list[int], lengths: list[int]) -> None:
+        for s, n in zip(seqs, lengths):
+            if s in self.states:
+                self.truncate(s, len(self.states[s].ids) - n)
+
     def count_scored(self, seq: int, n_tokens: int) -> None:
         """A PRM's share of the paper's FLOPs count: the step tokens it scored."""
         self.states[seq].usage.paper_flops += self.flops.weights(n_tokens)
@@ -137,7 +146,7 @@ class CachedModel:
         *,
         budgets: list[int] | None = None,
         sampling: SamplingConfig | None = None,
-        generator: torch.Generator | None = None,
+        draws: Draws | None = None,
         boundary: StepBoundary | None = None,
         sync_every: int = 1,
         all_positions: bool = False,
@@ -189,7 +198,7 @@ class CachedModel:
         if budgets:
             assert sampling is not None and boundary is not None
             drawn: list[torch.Tensor] | None = [] if probs_out is not None and not sampling.greedy else None
-            gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, generator, boundary,
+            gen, n_gen, eos = self._decode(logits, cache, mask, pos[:, -1] + 1, budgets, sampling, draws, boundary,
                                            sync_every, vocab_limit or logits.shape[-1], constrained, first_prev, drawn)
             n_gen_list = n_gen.tolist()
             gen_rows = gen.tolist()
@@ -235,7 +244,7 @@ class CachedModel:
             data.append((k, v))
         return DynamicCache(ddp_cache_data=data)
 
-    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, generator, boundary, sync_every, limit,
+    def _decode(self, logits, cache, mask, next_pos, budgets, sampling, draws, boundary, sync_every, limit,
                 constrained=None, first_prev=None, drawn=None):
         dev = logits.device
         B, max_budget = logits.shape[0], max(budgets)
@@ -247,10 +256,12 @@ class CachedModel:
         prev = (torch.tensor(first_prev, device=dev) if first_prev is not None
                 else torch.full((B,), boundary.none, dtype=torch.long, device=dev))
         for t in range(max_budget):
-            tok = sample_next(logits[:, :limit], sampling, generator, drawn)  # ids past the tokenizer are padding
-            if constrained is not None and constrained.rows:  # a host sync per token, only for these rows
-                tok = constrained.pick(logits[:, :limit], tok, (~done).tolist(), sampling, generator)
             active = ~done
+            tok = sample_next(logits[:, :limit], sampling, draws, drawn)  # ids past the tokenizer are padding
+            if constrained is not None and constrained.rows:  # a host sync per token, only for these rows
+                tok = constrained.pick(logits[:, :limit], tok, active.tolist(), sampling, draws)
+            if draws is not None:
+                draws.advance(active)  # a row's stream moves only with its own draws
             gen[:, t] = tok
             n_gen += active
             step_end, is_eos = boundary.ends(prev, tok)

@@ -24,6 +24,8 @@ class Ledger:
     n_cached: int = 0  # leading ids the model has read (and cached)
     own_unfed: int = 0  # trailing pending ids this model sampled itself (not prefill)
     usage: ModelUsage = field(default_factory=ModelUsage)
+    stream: int = 0  # the key of the random stream this sequence samples from (``sampling.Draws``)
+    draws: int = 0  # draws made from it so far (never rewound: a redrawn step gets fresh numbers)
 
     @property
     def pending(self) -> list[int]:
