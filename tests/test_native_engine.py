@@ -20,9 +20,9 @@ from transformers import (
 
 from rsd_core import RewardGuidedDecoder, RSDConfig, SamplingConfig
 from rsd_core.backends.hf import HFGenerator
-from rsd_core.backends.native_engine import NativeCachedModel
-from rsd_core.backends.native_forward import NativeForward, native_unsupported
 from rsd_core.backends.speculation import verify
+from rsd_core.runtime.native_engine import NativeCachedModel
+from rsd_core.runtime.native_forward import NativeForward, native_unsupported
 
 from test_decoder import PROMPTS, every_other_step
 
@@ -349,3 +349,24 @@ def test_a_callback_error_in_a_scheduled_run_frees_every_sequence(tiny_paths):
         dec.generate(PROMPTS, callbacks=[boom])
     assert dec.draft.cached.states == {} and dec.target.cached.states == {}
     assert [r.text for r in dec.generate(PROMPTS)]
+
+
+def test_a_causal_lm_prm_reads_its_steps_on_the_native_engine(toy):
+    """The toy PRM (a Qwen2 causal LM) scores through the native engine, the same as through transformers."""
+    from rsd_core.rewards.likelihood import LikelihoodPRM
+    from rsd_core.runtime.cached_model import CachedModel
+
+    prm = toy.reward
+    assert isinstance(prm.cached, NativeCachedModel)
+    plain = LikelihoodPRM(prm.model, prm.tokenizer, name="plain")
+    plain.cached = CachedModel(prm.model, 0, keep_last_logits_only=False)
+    conv = [{"role": "user", "content": "What is 12 + 30?"}]
+    steps = ["12 + 30 = 42\n\n", "The answer is \\boxed{42}"]
+    for i, r in enumerate((prm, plain)):
+        r.start(900 + i, conv)
+    got = [prm.score([900], [s])[0] for s in steps]
+    want = [plain.score([901], [s])[0] for s in steps]
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert got == pytest.approx(plain.score_solution(conv, steps), rel=1e-4, abs=1e-6)
+    prm.release([900])
+    plain.release([901])

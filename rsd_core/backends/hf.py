@@ -21,7 +21,6 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
-from rsd_core.backends.native_engine import NativeCachedModel, native_unsupported
 from rsd_core.backends.speculation import verify
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows, Cursor
@@ -30,6 +29,7 @@ from rsd_core.events import ModelUsage
 from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+from rsd_core.runtime.native_engine import NativeCachedModel, native_unsupported
 from rsd_core.runtime.tokens import control_strings
 from rsd_core.sampling import Draws
 
@@ -155,7 +155,7 @@ class HFGenerator:
         engine: Engine = "auto",
         max_len: int | None = None,
     ):
-        """``engine``: ``native`` (the Llama family's own forward over KV slots, ``backends/native_engine.py``),
+        """``engine``: ``native`` (the Llama family's own forward over KV slots, ``runtime/native_engine.py``),
         ``fast`` (static cache and CUDA graphs over transformers' modules, ``backends/fast.py``),
         ``transformers`` (its forward and cache) or ``auto`` (see ``pick_engine``). ``max_len``: the most
         tokens a sequence's cache holds: for ``native``, the model's context by default (columns are

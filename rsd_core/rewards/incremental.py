@@ -17,8 +17,8 @@ from transformers import AutoModelForCausalLM
 from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel
 from rsd_core.rewards.format import PRMFormat
-from rsd_core.runtime.cached_model import CachedModel
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+from rsd_core.runtime.native_engine import scorer_cache
 
 
 class IncrementalPRM(RewardModel):
@@ -39,7 +39,7 @@ class IncrementalPRM(RewardModel):
         self.name = str(name or getattr(model, "name_or_path", type(self).__name__))
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = pad if pad is not None else getattr(self.tokenizer, "eos_token_id", None)
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=True)
+        self.cached = scorer_cache(model, pad or 0, keep_last_logits_only=True)
         self._conv: dict[int, Conversation] = {}
         self._steps: dict[int, list[str]] = {}
         self._lens: dict[int, list[int]] = {}

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 
 from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel, question_of
-from rsd_core.runtime.cached_model import CachedModel
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
+from rsd_core.runtime.native_engine import scorer_cache
 
 
 class LikelihoodFormat:
@@ -52,7 +52,7 @@ class LikelihoodPRM(RewardModel):
         self.model, self.tokenizer, self.aggregate = model, tokenizer, aggregate
         self.name = str(name or getattr(model, "name_or_path", "likelihood PRM"))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.cached = CachedModel(model, pad or 0, keep_last_logits_only=False)
+        self.cached = scorer_cache(model, pad or 0, keep_last_logits_only=False)
         self._last: dict[int, list[torch.Tensor]] = {}  # per sequence: log-probs after each prefix
         self._lens: dict[int, list[int]] = {}
 

@@ -20,7 +20,7 @@ from transformers import DynamicCache, PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows
-from rsd_core.runtime.ledger import Ledger
+from rsd_core.runtime.ledger import Ledger, Ledgers
 from rsd_core.sampling import Draws, sample_next
 
 
@@ -92,7 +92,7 @@ def _cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
 
 
-class CachedModel:
+class CachedModel(Ledgers):
     """A transformers model run over many sequences, each with its own KV cache."""
 
     def __init__(self, model: PreTrainedModel, pad_id: int, keep_last_logits_only: bool = True):
@@ -124,15 +124,6 @@ class CachedModel:
 
     def release(self, seq: int) -> None:
         self.states.pop(seq, None)
-
-    def lengths(self, seqs: list[int]) -> list[int]:
-        """Each sequence's length now: ``cut_to`` takes a failed call's appends back to it."""
-        return [len(self.states[s].ids) for s in seqs]
-
-    def cut_to(self, seqs: list[int], lengths: list[int]) -> None:
-        for s, n in zip(seqs, lengths):
-            if s in self.states:
-                self.truncate(s, len(self.states[s].ids) - n)
 
     def count_scored(self, seq: int, n_tokens: int) -> None:
         """A PRM's share of the paper's FLOPs count: the step tokens it scored."""

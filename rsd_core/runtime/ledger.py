@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from rsd_core.events import ModelUsage
 
@@ -42,3 +43,20 @@ class Ledger:
         del self.ids[keep:]
         self.n_cached = min(self.n_cached, keep)
         return keep
+
+
+class Ledgers:
+    """What every per-sequence cache (``CachedModel``, ``NativeCachedModel``) offers over its ledgers."""
+
+    states: dict[int, Any]
+
+    def truncate(self, seq: int, n_remove: int) -> None: ...
+
+    def lengths(self, seqs: list[int]) -> list[int]:
+        """Each sequence's length now: ``cut_to`` takes a failed call's appends back to it."""
+        return [len(self.states[s].ids) for s in seqs]
+
+    def cut_to(self, seqs: list[int], lengths: list[int]) -> None:
+        for s, n in zip(seqs, lengths):
+            if s in self.states:
+                self.truncate(s, len(self.states[s].ids) - n)

@@ -1,4 +1,4 @@
-"""KV slots with a length per slot: the cache of the native engine (``backends/native_engine.py``).
+"""KV slots with a length per slot: the cache of the native engine (``runtime/native_engine.py``).
 
 Each sequence owns one slot: per layer, K and V of shape ``[kv_heads, max_len, head_dim]``, and a length
 (how many leading columns hold its tokens). A forward over new tokens writes them at each slot's own

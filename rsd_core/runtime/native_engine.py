@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from rsd_core.accounting import FlopCounter
-from rsd_core.backends.native_forward import NativeForward, native_unsupported
 from rsd_core.config import SamplingConfig
-from rsd_core.runtime.cached_model import embedding_weight
-from rsd_core.runtime.ledger import Ledger
+from rsd_core.runtime.cached_model import CachedModel, embedding_weight
+from rsd_core.runtime.ledger import Ledger, Ledgers
+from rsd_core.runtime.native_forward import NativeForward, native_unsupported
 from rsd_core.sampling import Draws, sample_next
 
-__all__ = ["NativeCachedModel", "StepHook", "native_unsupported"]
+__all__ = ["NativeCachedModel", "StepHook", "native_unsupported", "scorer_cache"]
 
 # Steps that ended at one token, [(row, the step's tokens, ended at EOS, the distributions they were drawn
 # from or None)] -> each row's next budget
@@ -42,7 +42,7 @@ class SlotSeq(Ledger):
     slot: int = 0  # n_cached == the slot's length, always
 
 
-class NativeCachedModel:
+class NativeCachedModel(Ledgers):
     """Same interface as ``CachedModel`` (``new``/``append``/``truncate``/``release``/``run``/``states``)."""
 
     def __init__(self, model: Any, pad_id: int, max_len: int = 4096):
@@ -237,6 +237,18 @@ class NativeCachedModel:
         if probs_out is not None:
             probs_out[:] = [torch.stack(p) if p else None for p in row_probs]
         return logits, gens, eos
+
+
+def scorer_cache(model: Any, pad_id: int, keep_last_logits_only: bool = True) -> CachedModel | NativeCachedModel:
+    """The per-sequence cache a reward model reads its steps through: the native engine where it runs
+    the model (a causal LM of the Llama family, off CUDA, as generators pick it), transformers' own
+    forward otherwise (heads other than the LM head, CUDA, other families)."""
+    max_len = int(getattr(getattr(model, "config", None), "max_position_embeddings", 0) or 4096)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if (embedding_weight(model).device.type != "cuda" and isinstance(head, torch.nn.Linear)
+            and native_unsupported(model, max_len) is None):
+        return NativeCachedModel(model, pad_id, max_len=max_len)
+    return CachedModel(model, pad_id, keep_last_logits_only=keep_last_logits_only)
 
 
 @dataclass
