@@ -18,13 +18,14 @@ import json
 import platform
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
 
-from rsd_core import RewardGuidedDecoder, RSDConfig
+from rsd_core import FunctionReward, RewardGuidedDecoder, RSDConfig
 from rsd_core.backends.hf import HFGenerator
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.eval.runner import evaluate, markdown_table
@@ -96,13 +97,12 @@ def rewrite_section(dec: RewardGuidedDecoder, questions: list[str], batch_size: 
     return {**rows, "identical_texts": same, "n": len(questions)}
 
 
-def scheduling_section(n: int, batch_size: int = 8, reps: int = 2) -> dict[str, Any]:
-    """Target-only and RSD (lockstep rounds, and without them) at one batch size on the toy trio, against
-    transformers ``generate`` on the toy target: wall time, forwards and rows per forward of each model,
-    and the share of rows in ``generate``'s forwards that had already finished (ours: none, a row leaves
-    the batch the token its step ends)."""
-    dec = RewardGuidedDecoder.from_pretrained()
-    chats = [[{"role": "user", "content": e.question}] for e in toy_examples(n)]
+def scheduling_section(dec: RewardGuidedDecoder, chats: list[Any], label: str, batch_size: int = 8,
+                       reps: int = 2) -> dict[str, Any]:
+    """Target-only and RSD (lockstep rounds, and without them) at one batch size, against transformers
+    ``generate`` on the same target: wall time, forwards and rows per forward of each model, and the
+    share of rows in ``generate``'s forwards that had already finished (ours: none, a row leaves the
+    batch the token its step ends)."""
     batches = [chats[i:i + batch_size] for i in range(0, len(chats), batch_size)]
     base = dec.config
     target, tok = dec.target, dec.target.tokenizer
@@ -140,6 +140,7 @@ def scheduling_section(n: int, batch_size: int = 8, reps: int = 2) -> dict[str, 
         "target-only": lambda: ours(base.model_copy(update={"threshold": 1.0})),
         "RSD, lockstep rounds": lambda: ours(base.model_copy(update={"scheduler": "lockstep"})),
         "RSD, no lockstep (default)": lambda: ours(base),
+        f"RSD, no lockstep, score_batch={batch_size}": lambda: ours(base.model_copy(update={"score_batch": batch_size})),
     }
     ours(base)  # warm-up
     rows: dict[str, dict[str, Any]] = {}
@@ -154,7 +155,7 @@ def scheduling_section(n: int, batch_size: int = 8, reps: int = 2) -> dict[str, 
     ref = rows["transformers generate (target)"]["wall_s"]
     same_t = sum(a == b for a, b in zip(texts["target-only"], texts["transformers generate (target)"]))
     same_r = sum(a == b for a, b in zip(texts["RSD, lockstep rounds"], texts["RSD, no lockstep (default)"]))
-    print(f"\n## scheduling, toy trio, batch {batch_size}, {len(chats)} problems, greedy, {torch.get_num_threads()} "
+    print(f"\n## scheduling, {label}, batch {batch_size}, {len(chats)} prompts, greedy, {torch.get_num_threads()} "
           f"threads, {_cpu()}")
     print("| contender | wall s | wall / generate | draft forwards | draft rows / forward | target forwards | "
           "target rows / forward | finished rows in forwards |")
@@ -167,6 +168,26 @@ def scheduling_section(n: int, batch_size: int = 8, reps: int = 2) -> dict[str, 
           f"{same_r} / {len(chats)}")
     return {"rows": rows, "target_only_same_as_generate": same_t, "rsd_same_as_lockstep": same_r, "n": len(chats),
             "batch_size": batch_size}
+
+
+def _stand_in_prm(question: str, previous: list[str], step: str) -> float:
+    """A stand-in PRM for scheduling figures: 8 in 10 steps pass, decided by the step's text (the same
+    decisions on every scheduler)."""
+    return 1.0 if zlib.crc32(step.encode()) % 10 < 8 else 0.0
+
+
+def smollm2_scheduling(new_tokens: int) -> dict[str, Any]:
+    """The scheduling table with real forward costs: SmolLM2-135M as draft and target (one model, two
+    caches) and a stand-in PRM, one step per line."""
+    path = smollm2_path()
+    if path is None:
+        return {}
+    draft = HFGenerator.from_pretrained(path, dtype="float32")
+    target = HFGenerator(draft.model, draft.tokenizer, name=path)
+    dec = RewardGuidedDecoder(draft, target, FunctionReward(_stand_in_prm),
+                              RSDConfig(max_new_tokens=new_tokens, max_step_tokens=48, step_delimiters=["\n"]))
+    return scheduling_section(dec, [[{"role": "user", "content": q}] for q in QUESTIONS],
+                              "SmolLM2-135M as draft and target, stand-in PRM (8 in 10 steps pass)", 8)
 
 
 def smollm2_path() -> str | None:
@@ -272,10 +293,14 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     hf_logging.disable_progress_bar()
-    results = {} if a.no_toy else {"toy": toy_section(a.n, a.batch_size),
-                                   "scheduling": scheduling_section(a.n, a.schedule_batch)}
+    results = {} if a.no_toy else {
+        "toy": toy_section(a.n, a.batch_size),
+        "scheduling": scheduling_section(RewardGuidedDecoder.from_pretrained(),
+                                         [[{"role": "user", "content": e.question}] for e in toy_examples(a.n)],
+                                         "toy trio", a.schedule_batch)}
     if a.smollm2:
         results["smollm2"] = smollm2_section(a.new_tokens)
+        results["smollm2_scheduling"] = smollm2_scheduling(a.new_tokens)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(results, indent=2) + "\n")

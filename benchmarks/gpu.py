@@ -21,6 +21,7 @@ import random
 import sys
 import time
 import traceback
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassificat
 
 from rsd_core import RewardGuidedDecoder, RSDConfig  # noqa: E402
 from rsd_core.backends.fast import FastCachedModel  # noqa: E402
-from rsd_core.backends.hf import CachedModel, HFGenerator  # noqa: E402
+from rsd_core.backends.hf import HFGenerator  # noqa: E402
+from rsd_core.config import SamplingConfig  # noqa: E402
 from rsd_core.events import ModelUsage  # noqa: E402
 from rsd_core.rewards.base import RewardModel  # noqa: E402
 
@@ -45,6 +47,7 @@ SHAPES = {  # Qwen2.5-Math public configs
                  intermediate_size=512, vocab_size=1024, tie_word_embeddings=True),
 }
 PROMPT_LEN, STEP, STEPS = 512, 64, 8
+SCHED_STEP = 40  # mean step length in the scheduling comparison
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to check the script itself (--quick)
 
 
@@ -58,8 +61,8 @@ class StubTokenizer:
 
     pad_token_id, eos_token_id, chat_template, unk_token_id = 0, None, None, None
 
-    def __init__(self, vocab: int, prompt_len: int = PROMPT_LEN):
-        self.vocab, self.prompt_len = vocab, prompt_len
+    def __init__(self, vocab: int, prompt_len: int = PROMPT_LEN, delim_every: int | None = None):
+        self.vocab, self.prompt_len, self.delim_every = vocab, prompt_len, delim_every
 
     def __len__(self) -> int:
         # Like Qwen2.5's tokenizer (151665 tokens), smaller than either embedding: ids past it are padding.
@@ -70,7 +73,10 @@ class StubTokenizer:
         return type("Enc", (), {"input_ids": [rng.randrange(1, min(self.vocab, 1000)) for _ in range(self.prompt_len)]})
 
     def batch_decode(self, seqs: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        return [""] * len(seqs)
+        # With ``delim_every`` set, one token in that many spells the step delimiter: sampled steps then
+        # end at varied lengths (geometric, mean ``delim_every``), as real reasoning steps do.
+        k = self.delim_every
+        return ["\n\n" if k and len(s) == 1 and s[0] % k == 0 else "" for s in seqs]
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return ""
@@ -80,24 +86,31 @@ class StubTokenizer:
 
 
 class AlphaReward(RewardModel):
-    """Runs a real PRM forward over each step (so its cost counts), then accepts with probability α."""
+    """Runs a real PRM forward over each step (so its cost counts), then accepts with probability α,
+    decided by the prompt and the step's index (the same decisions on every scheduler)."""
 
-    def __init__(self, prm: CachedModel | FastCachedModel, alpha: float, seed: int = 0):
-        self.prm, self.alpha, self.rng = prm, alpha, random.Random(seed)
+    def __init__(self, prm: Any, alpha: float, seed: int = 0):
+        self.prm, self.alpha, self.seed = prm, alpha, seed
         self.name = f"alpha={alpha}"
+        self.prompt: dict[int, str] = {}
+        self.steps: dict[int, int] = {}
 
     def start(self, seq: int, conversation: Any) -> None:
         self.prm.new(seq, [1] * PROMPT_LEN)
+        self.prompt[seq], self.steps[seq] = str(conversation), 0
 
     def score(self, seqs: list[int], steps: list[str]) -> list[float]:
         for s in seqs:
             self.prm.append(s, [2] * STEP)
+            self.steps[s] += 1
         self.prm.run(seqs, all_positions=False)
-        return [1.0 if self.rng.random() < self.alpha else 0.0 for _ in seqs]
+        return [1.0 if zlib.crc32(f"{self.seed}|{self.prompt[s]}|{self.steps[s]}".encode()) < self.alpha * 2**32
+                else 0.0 for s in seqs]
 
     def rollback(self, seqs: list[int]) -> None:
         for s in seqs:
             self.prm.truncate(s, STEP)
+            self.steps[s] -= 1
 
     def release(self, seqs: list[int]) -> None:
         for s in seqs:
@@ -206,6 +219,32 @@ def run_rsd(dec: RewardGuidedDecoder, prompts: list[str], alpha: float | None) -
             "tokens_out": sum(r.num_output_tokens for r in res)}
 
 
+def run_scheduled(dec: RewardGuidedDecoder, prm: Any, prompts: list[str], alpha: float | None,
+                  **update: Any) -> dict[str, Any]:
+    """RSD with sampled steps of varied length (``StubTokenizer.delim_every``) on native-engine models:
+    the scheduling comparison. Counts forwards and rows per forward of each model."""
+    sampled = SamplingConfig(temperature=1.0)
+    cfg = RSDConfig(threshold=1.0 if alpha is None else 0.5, max_step_tokens=4 * SCHED_STEP, max_steps=STEPS,
+                    max_new_tokens=STEPS * 2 * SCHED_STEP, seed=0, draft_sampling=sampled, target_sampling=sampled,
+                    **update)
+    dec.reward = AlphaReward(prm, 0.5 if alpha is None else alpha, seed=1)
+    models = {"draft": dec.draft.cached, "target": dec.target.cached}
+    for m in models.values():
+        m.forwards = m.forward_rows = 0
+    sync()
+    t = time.perf_counter()
+    res = dec.generate(prompts, config=cfg)
+    sync()
+    wall = time.perf_counter() - t
+    judged = sum(r.stats.draft_steps for r in res)
+    return {"alpha": alpha, "batch": len(prompts), "scheduler": cfg.scheduler, "wall_s": wall,
+            "problems_per_s": len(prompts) / wall,
+            "acceptance": (sum(r.stats.accepted_draft_steps for r in res) / judged) if judged else None,
+            "steps": sum(len(r.accepted_steps) for r in res), "tokens_out": sum(r.num_output_tokens for r in res),
+            **{f"{k}_forwards": m.forwards for k, m in models.items()},
+            **{f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()}}
+
+
 def main() -> int:
     global PROMPT_LEN
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -215,6 +254,8 @@ def main() -> int:
     ap.add_argument("--batches", default="1,16,128")
     ap.add_argument("--alphas", default="0.5,0.8,0.95")
     ap.add_argument("--skip-hf-static", action="store_true")
+    ap.add_argument("--scheduling-batches", default="16",
+                    help="batch sizes of the lockstep / no-lockstep comparison (native engine); '' skips it")
     ap.add_argument("--budget-s", type=float, default=420, help="skip optional parts past this many seconds")
     a = ap.parse_args()
     PROMPT_LEN = a.prompt_len
@@ -317,6 +358,35 @@ def main() -> int:
             traceback.print_exc()
         if time.perf_counter() - t_start > a.budget_s:
             break
+    # Scheduling: lockstep rounds against none, on the native engine (the fast path above is lockstep
+    # only), with sampled steps of varied length. The native engine re-points the models' weights, so
+    # this runs after everything that uses the CUDA-graph generators.
+    R["scheduling"] = []
+    sched_batches = [int(x) for x in a.scheduling_batches.split(",") if x]
+    if sched_batches and not over_budget("scheduling"):
+        try:
+            stub = StubTokenizer(SHAPES[big]["vocab_size"], PROMPT_LEN, delim_every=SCHED_STEP)
+            native = RewardGuidedDecoder(
+                HFGenerator(models["draft"], stub, engine="native", max_len=PROMPT_LEN + 4 * STEPS * SCHED_STEP),
+                HFGenerator(models["target"], stub, engine="native", max_len=PROMPT_LEN + 4 * STEPS * SCHED_STEP),
+                AlphaReward(prm_cache, 0.8), RSDConfig())
+            for b in sched_batches:
+                prompts = [f"problem {i}" for i in range(b)]
+                run_scheduled(native, prm_cache, prompts, 0.8)  # warm-up: slots grow to this batch
+                base = run_scheduled(native, prm_cache, prompts, None)
+                R["scheduling"].append(base)
+                print(json.dumps(base), flush=True)
+                for alpha in [float(x) for x in a.alphas.split(",")]:
+                    for scheduler in ("lockstep", "auto"):
+                        if over_budget(f"scheduling batch {b} alpha {alpha} {scheduler}"):
+                            break
+                        r = run_scheduled(native, prm_cache, prompts, alpha, scheduler=scheduler)
+                        r["speedup"] = base["wall_s"] / r["wall_s"]
+                        R["scheduling"].append(r)
+                        print(json.dumps(r), flush=True)
+        except Exception as e:
+            R["errors"].append(f"scheduling: {e!r}")
+            traceback.print_exc()
     if not a.skip_hf_static and time.perf_counter() - t_start < a.budget_s - 120:
         for name in ("draft", "target"):
             try:
@@ -349,6 +419,17 @@ def print_table(R: dict[str, Any]) -> None:
         print(f"| {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | {r['wall_s']:.2f} | "
               f"{r['problems_per_s']:.2f} | {f(r['acceptance'])} | {f(r.get('speedup'))} | "
               f"{f(r.get('ideal_speedup'))} | {f(r.get('fraction_of_ideal'))} |")
+    if R.get("scheduling"):
+        print("\nScheduling (native engine, sampled steps of varied length, mean "
+              f"{SCHED_STEP} tokens; speedup vs target-only on the same engine)")
+        print("| batch | α | scheduler | wall s | problems/s | speedup | draft rows / forward | "
+              "target forwards | target rows / forward |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in R["scheduling"]:
+            print(f"| {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | "
+                  f"{'-' if r['alpha'] is None else r['scheduler']} | {r['wall_s']:.2f} | {r['problems_per_s']:.2f} | "
+                  f"{f(r.get('speedup'))} | {f(r['draft_rows_per_forward'])} | {r['target_forwards']} | "
+                  f"{f(r['target_rows_per_forward'])} |")
     if R["errors"]:
         print("errors:", *R["errors"], sep="\n  ")
 

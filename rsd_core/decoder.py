@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
-from rsd_core.errors import InvalidPromptError, ModelRunError, RewardValueError, RSDError
+from rsd_core.errors import InvalidPromptError, ModelRunError, PromptTooLongError, RewardValueError, RSDError
 from rsd_core.events import (
     FinishReason,
     GenerationStats,
@@ -73,6 +73,19 @@ class _Seq:
     finish: FinishReason | Literal["error"] | None = None
     error: BaseException | None = None  # what ended it without a result (``finish`` is then "error")
     rng: random.Random = field(default_factory=random.Random)  # its accept / reject draws
+
+
+@runtime_checkable
+class Arrivals(Protocol):
+    """Prompts that join a running ``generate`` call (a service's requests arriving while it runs).
+
+    ``waiting()`` is asked between steps (it must be cheap); when it is true the batch pauses at the
+    next step end and ``take()``'s prompts join it, numbered on from the call's own prompts. A joined
+    prompt that is not valid gets an ``on_error`` callback (``SequenceError``) and the others go on."""
+
+    def waiting(self) -> bool: ...
+
+    def take(self) -> list[Prompt]: ...
 
 
 class _Serialized:
@@ -275,6 +288,7 @@ class RewardGuidedDecoder:
         stop: list[str] | None = None,
         reply_prefix: str = "",
         grammar: Grammar | None = None,
+        arrivals: Arrivals | None = None,
     ) -> list[RSDResult]:
         """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt.
 
@@ -286,15 +300,19 @@ class RewardGuidedDecoder:
         follow; draft and target alike write only tokens it allows, and end when it is complete
         (e.g. ``Grammar.tool_calls(tools)``: one call whose arguments fit the tool's schema).
         Local (transformers) models apply it; models behind vLLM servers ignore it.
+
+        ``arrivals``: more prompts that join the batch while it runs, as slots free up (``Arrivals``);
+        their results follow the given prompts' in the returned list, in the order they joined.
         """
         if grammar is not None and grammar.after(reply_prefix) is None:
             raise ValueError(f"reply_prefix {reply_prefix!r} does not fit the grammar")
         return self._run(prompts, config or self.config, list(callbacks), tools, stop, reply_prefix=reply_prefix,
-                         grammar=grammar)
+                         grammar=grammar, arrivals=arrivals)
 
     def _run(self, prompts: Sequence[Prompt] | Prompt, cfg: RSDConfig, callbacks: list[Any],
              tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False,
-             reply_prefix: str = "", grammar: Grammar | None = None) -> list[RSDResult]:
+             reply_prefix: str = "", grammar: Grammar | None = None,
+             arrivals: Arrivals | None = None) -> list[RSDResult]:
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
             prompts = [prompts]  # a single prompt
         if not prompts:
@@ -314,6 +332,7 @@ class RewardGuidedDecoder:
             raise RuntimeError("this RewardGuidedDecoder was closed; build another to run again")
         with self._lock:
             run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix, grammar)
+            run.arrivals = arrivals
             if self.concurrency is None:
                 return run.execute(list(prompts))  # type: ignore[arg-type]
             return run.execute_each(list(prompts), self.concurrency)  # type: ignore[arg-type]
@@ -345,6 +364,8 @@ class _Run:
         self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
                            and "proposals" in inspect.signature(dec.target.generate_step).parameters)
         self.streams: dict[int, int] = {}  # prompt index -> its sequence's random stream (seeded runs)
+        self.arrivals: Arrivals | None = None
+        self.seqs: list[_Seq] = []  # every sequence of the run, joined ones included
         self.t0 = time.perf_counter()
 
     def _streams(self, prompts: list[Prompt], indices: list[int]) -> None:
@@ -361,10 +382,15 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
     def execute(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[RSDResult]:
-        seqs = self._start(prompts, indices)
+        self._configure()
+        seqs = self.seqs = self._start(prompts, indices)
+        self.next_index = max(s.index for s in seqs) + 1
         results: dict[int, RSDResult] = {}
         try:
-            while active := [s for s in seqs if s.finish is None]:
+            while True:
+                self._join()
+                if not (active := [s for s in seqs if s.finish is None]):
+                    break
                 if self.mode == "target" and self.continuous:
                     self._target_runs(active)
                 elif self.mode == "target":
@@ -388,7 +414,8 @@ class _Run:
 
         All prompts are rendered and checked first, so a bad one fails the call before any request.
         Callbacks are called one at a time. If some prompts fail, the others still finish (their
-        callbacks ran) and the first error is raised.
+        callbacks ran) and the first error is raised. Prompts that arrive (``arrivals``) start as they
+        come; one of them that fails gets an ``on_error`` callback instead.
         """
         for p in prompts:
             _conversation(p)
@@ -397,13 +424,48 @@ class _Run:
                     model.render_prompt(p, self.tools, self.reply_prefix)
         self.callbacks = [_Serialized(self.callbacks)]
         self._streams(prompts, list(range(len(prompts))))
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(prompts)), thread_name_prefix="rsd-seq") as pool:
+        workers = concurrency if self.arrivals is not None else min(concurrency, len(prompts))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rsd-seq") as pool:
             futures = [pool.submit(self._one, p, i) for i, p in enumerate(prompts)]
+            joined: list[Any] = []
+            while self.arrivals is not None and not all(f.done() for f in futures + joined):
+                if self.arrivals.waiting():
+                    for p in self.arrivals.take():
+                        joined.append(pool.submit(self._one_joined, p, len(prompts) + len(joined)))
+                time.sleep(0.002)
             outcomes = [f.exception() or f.result() for f in futures]
+            outcomes += [f.result() for f in joined if f.result() is not None]
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:
             raise errors[0]
         return outcomes  # type: ignore[return-value]
+
+    def _arrived(self) -> bool:
+        """Prompts wait to join: the batch pauses at the next step end to take them in."""
+        return self.arrivals is not None and self.arrivals.waiting()
+
+    def _join(self, *into: list[_Seq]) -> None:
+        """Start the prompts that arrived; each joins ``self.seqs`` and the given lists."""
+        if not self._arrived():
+            return
+        assert self.arrivals is not None
+        for p in self.arrivals.take():
+            index, self.next_index = self.next_index, self.next_index + 1
+            try:
+                new = self._start([p], [index])
+            except (InvalidPromptError, PromptTooLongError, ValueError) as e:  # that prompt's own fault
+                dispatch(self.callbacks, "on_error", SequenceError(index, e))
+                continue
+            for seqs in (self.seqs, *into):
+                seqs += new
+
+    def _one_joined(self, prompt: Prompt, index: int) -> RSDResult | None:
+        try:
+            self._streams([prompt], [index])
+            return self._one(prompt, index)
+        except Exception as e:  # that prompt's own failure: reported to it alone
+            dispatch(self.callbacks, "on_error", SequenceError(index, e))
+            return None
 
     def _one(self, prompt: Prompt, index: int) -> RSDResult:
         run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all,
@@ -463,46 +525,69 @@ class _Run:
         self.reward.rollback([s.id for s in rs])
 
     def _scheduled(self, seqs: list[_Seq], results: dict[int, RSDResult]) -> None:
-        """RSD without lockstep rounds. The draft writes every sequence's steps in one batched decode; the
-        steps that end at the same token are scored together (one PRM call) the moment they end; an
-        accepted sequence goes straight on drafting, a rejected one waits in the target's queue. The
-        target runs its queue (one batch, each rewrite speculated from its rejected step) when
-        ``RSDConfig.target_batch`` steps wait or the oldest has waited ``target_wait_s``, or when no
-        sequence is left drafting; the draft's batch is paused for it and picks up where it stopped."""
-        queue: list[tuple[_Seq, Step, float | None]] = []
+        """RSD without lockstep rounds. The draft writes every sequence's steps in one batched decode; a
+        sequence whose step ends waits for its score while the others write on, and the PRM scores the
+        waiting steps together (one call) once ``RSDConfig.score_batch`` wait or no sequence is left
+        writing. An accepted sequence goes straight on drafting, a rejected one waits in the target's
+        queue. The target runs its queue (one batch, each rewrite speculated from its rejected step) when
+        ``target_batch`` steps wait or the oldest has waited ``target_wait_s``, or when no sequence is
+        left drafting; the draft's batch is paused for it and picks up where each sequence stopped."""
+        queue: list[tuple[_Seq, Step, float | None]] = []  # rejected steps waiting for the target
+        held: list[tuple[_Seq, Step]] = []  # ended draft steps waiting to be scored together
         oldest = [0.0]  # when the oldest step in the queue was queued
         partial: dict[int, list[int]] = {}
         failed: list[BaseException] = []
+        flush = [False]
         cfg = self.cfg
-        while live := [s for s in seqs if s.finish is None]:
+
+        def judge(ended: list[tuple[_Seq, Step]], draft_s: float) -> set[int]:
+            """Score and decide the ended steps; the ids of the sequences that draft on."""
+            rejected = self._judge([s for s, _ in ended], [st for _, st in ended], draft_s)
+            if rejected:
+                self._throw_away(rejected)
+                if not queue:
+                    oldest[0] = time.perf_counter()
+                queue.extend(rejected)
+            out = {id(s) for s, _, _ in rejected}
+            for s, _ in ended:
+                if s.finish is not None and s.error is None:
+                    results[s.index] = self._finish(s)
+            return {id(s) for s, _ in ended if s.finish is None and id(s) not in out}
+
+        while True:
+            self._join(seqs)
+            if not (live := [s for s in seqs if s.finish is None]):
+                break
             queued = {id(s) for s, _, _ in queue}
             drafting = [s for s in live if id(s) not in queued]
             if drafting:
                 t0 = [time.perf_counter()]
+                stopped: set[int] = set()  # rows of this decode that left its batch
 
                 def on_steps(ended: list[tuple[int, Step]], drafting: list[_Seq] = drafting,
-                             t0: list[float] = t0) -> list[int]:
+                             t0: list[float] = t0, stopped: set[int] = stopped) -> list[int]:
                     try:
-                        rows = [drafting[i] for i, _ in ended]
-                        rejected = self._judge(rows, [st for _, st in ended], time.perf_counter() - t0[0])
+                        now = [(drafting[i], st) for i, st in ended]
+                        held.extend(now)
+                        writing = len(drafting) - len(stopped) - len(now)  # rows that write on regardless
+                        if len(held) < cfg.score_batch and writing > 0:
+                            stopped.update(id(s) for s, _ in now)
+                            return [0] * len(now)  # they wait out of the batch for the group's score
+                        waited = len(held) > len(now)
+                        group, held[:] = list(held), []
+                        going = judge(group, time.perf_counter() - t0[0])
                         t0[0] = time.perf_counter()
-                        if rejected:
-                            self._throw_away(rejected)
-                            if not queue:
-                                oldest[0] = t0[0]
-                            queue.extend(rejected)
-                        out = set(id(s) for s, _, _ in rejected)
-                        nexts = []
-                        for s in rows:
-                            if s.finish is not None and s.error is None:
-                                results[s.index] = self._finish(s)
-                            nexts.append(0 if s.finish is not None or id(s) in out else self._budget(s, self.draft))
+                        if waited and going - {id(s) for s, _ in now}:
+                            return [-1] * len(now)  # sequences that left the batch go on: start it again
+                        nexts = [self._budget(s, self.draft) if id(s) in going else 0 for s, _ in now]
+                        stopped.update(id(s) for (s, _), n in zip(now, nexts) if n == 0)
                     except BaseException as e:  # a callback's error (or cancellation): stop, unwrapped
                         failed.append(e)
                         return [-1] * len(ended)
                     full = cfg.target_batch is not None and len(queue) >= cfg.target_batch
                     late = cfg.target_wait_s is not None and t0[0] - oldest[0] >= cfg.target_wait_s
-                    return [-1] * len(nexts) if queue and (full or late) else nexts
+                    flush[0] = bool(queue) and (full or late)
+                    return [-1] * len(nexts) if flush[0] or self._arrived() else nexts
 
                 left = self._model("draft", self.draft.generate_steps, [s.id for s in drafting],  # type: ignore[attr-defined]
                                    [self._budget(s, self.draft) for s in drafting], on_steps,
@@ -512,7 +597,12 @@ class _Run:
                 for s, toks in zip(drafting, left):
                     if toks and s.finish is None:
                         partial[s.id] = toks
-            if queue:
+                if held:  # every row stopped with steps still unscored
+                    group, held[:] = list(held), []
+                    judge(group, time.perf_counter() - t0[0])
+            queued = {id(s) for s, _, _ in queue}
+            if queue and (flush[0] or all(id(s) in queued for s in seqs if s.finish is None)):
+                flush[0] = False
                 batch, queue[:] = list(queue), []
                 self._target_writes([s for s, _, _ in batch], reason="rejected", rejected=batch)
                 for s, _, _ in batch:
@@ -563,28 +653,39 @@ class _Run:
 
     def _target_runs(self, seqs: list[_Seq]) -> None:
         """Target only: every sequence writes step after step in one batch; each step's events go out
-        the moment it ends, and a sequence leaves the batch when it finishes."""
-        last = [time.perf_counter()] * len(seqs)
+        the moment it ends, and a sequence leaves the batch when it finishes. Prompts that arrive
+        join at the next step end."""
+        partial: dict[int, list[int]] = {}
         failed: list[BaseException] = []
+        while True:
+            self._join(seqs)
+            if not (live := [s for s in seqs if s.finish is None]):
+                break
+            last = [time.perf_counter()] * len(live)
 
-        def on_steps(ended: list[tuple[int, Step]]) -> list[int]:
-            nexts = []
-            for i, step in ended:
-                s = seqs[i]
-                try:
-                    now = time.perf_counter()
-                    self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
-                    last[i] = now
-                except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
-                    failed.append(e)
-                    return [-1] * len(ended)
-                nexts.append(0 if s.finish is not None else self._budget(s, self.target))
-            return nexts
+            def on_steps(ended: list[tuple[int, Step]], live: list[_Seq] = live,
+                         last: list[float] = last) -> list[int]:
+                nexts = []
+                for i, step in ended:
+                    s = live[i]
+                    try:
+                        now = time.perf_counter()
+                        self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
+                        last[i] = now
+                    except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
+                        failed.append(e)
+                        return [-1] * len(ended)
+                    nexts.append(0 if s.finish is not None else self._budget(s, self.target))
+                return [-1] * len(nexts) if self._arrived() else nexts
 
-        self._model("target", self.target.generate_steps, [s.id for s in seqs],  # type: ignore[attr-defined]
-                    [self._budget(s, self.target) for s in seqs], on_steps)
-        if failed:
-            raise failed[0]
+            left = self._model("target", self.target.generate_steps, [s.id for s in live],  # type: ignore[attr-defined]
+                               [self._budget(s, self.target) for s in live], on_steps,
+                               resume=[partial.pop(s.id, []) for s in live])
+            if failed:
+                raise failed[0]
+            for s, toks in zip(live, left):
+                if toks and s.finish is None:
+                    partial[s.id] = toks
 
     # ------------------------------------------------------------------ bookkeeping
     def _score(self, seqs: list[_Seq], texts: list[str]) -> list[Any]:
@@ -649,7 +750,8 @@ class _Run:
             model = {"draft": self.draft, "target": self.target, "reward": self.reward}[role]
             raise ModelRunError.wrap(role, getattr(model, "name", type(model).__name__), e) from e
 
-    def _start(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[_Seq]:
+    def _configure(self) -> None:
+        """Set each model up for this run (sampling, seeds, step delimiters)."""
         if self.uses_draft:
             self.draft.reseed(self.cfg.seed)
             self.draft.sampling = self.cfg.draft_sampling
@@ -660,6 +762,8 @@ class _Run:
             self.target.reseed(None if self.cfg.seed is None else self.cfg.seed + 1)
             self.target.sampling = self.cfg.target_sampling
             self.target.set_step_delimiters(self.cfg.step_delimiters)
+
+    def _start(self, prompts: list[Prompt], indices: list[int] | None = None) -> list[_Seq]:
         # Render and check every prompt before any model work, so bad input leaves nothing behind.
         rendered = []
         for p in prompts:

@@ -250,6 +250,7 @@ class BatchScheduler:
         self._decoder = weakref.ref(decoder)
         self.max_batch, self.gather_s = max_batch, gather_s
         self._inbox: queue.Queue[Any] = queue.Queue()
+        self._later: list[Any] = []  # taken from the inbox during a run, not for that run: served next
         stop = functools.partial(self._inbox.put, _STOP)
         weakref.finalize(decoder, stop)
         decoder.on_close(stop)
@@ -270,7 +271,7 @@ class BatchScheduler:
     def _loop(self) -> None:
         stopping = False
         while not stopping:
-            pending = [self._inbox.get()]
+            pending, self._later = self._later or [self._inbox.get()], []
             try:
                 while len(pending) < self.max_batch:
                     pending.append(self._inbox.get(timeout=self.gather_s))
@@ -295,8 +296,8 @@ class BatchScheduler:
         try:
             dec = self.decoder  # held for the run
             dec.generate([r.prompt for r in reqs], config=head.config, callbacks=[route],
-                                  tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix,
-                                  grammar=head.grammar)
+                         tools=head.tools, stop=head.stop, reply_prefix=head.reply_prefix,
+                         grammar=head.grammar, arrivals=_Arrivals(self, reqs))
         except _AllCancelled:
             pass
         except (InvalidPromptError, PromptTooLongError) as e:
@@ -309,6 +310,35 @@ class BatchScheduler:
             for i, r in enumerate(reqs):
                 if i not in route.done:
                     r.put(e)
+
+
+class _Arrivals:
+    """Requests that arrive while a batch runs and share its settings join it (``Arrivals``); the
+    others wait for the next batch."""
+
+    def __init__(self, sched: BatchScheduler, reqs: list[Request]):
+        self.sched, self.reqs, self.key = sched, reqs, reqs[0].group_key()
+        self.ready: list[Request] = []
+
+    def waiting(self) -> bool:
+        while len(self.reqs) + len(self.ready) < self.sched.max_batch:
+            try:
+                r = self.sched._inbox.get_nowait()
+            except queue.Empty:
+                break
+            closing = any(x is _STOP for x in self.sched._later)
+            if r is not _STOP and r.cancelled.is_set():
+                continue
+            if r is not _STOP and not closing and r.group_key() == self.key:
+                self.ready.append(r)
+            else:
+                self.sched._later.append(r)  # other settings, or the decoder closing: after this run
+        return bool(self.ready)
+
+    def take(self) -> list[Any]:
+        joined, self.ready = self.ready, []
+        self.reqs += joined  # their events route by index: numbered on after the batch's own
+        return [r.prompt for r in joined]
 
 
 class _Route:

@@ -304,11 +304,11 @@ def staggered(q, prev, step):
     return 0.0 if (len(prev) + len(q)) % 3 == 1 else 1.0
 
 
-@pytest.mark.parametrize("options", [{"target_batch": 1}, {"target_wait_s": 1e-9}])
+@pytest.mark.parametrize("options", [{}, {"target_batch": None, "target_wait_s": 1e-9}])
 def test_scheduled_rsd_decides_as_lockstep_rounds(tiny_paths, monkeypatch, options):
     """Without rounds, each sequence gets the same steps, rewards and decisions as in lockstep rounds;
-    only when the target runs changes: by default once no sequence is left drafting (fuller batches),
-    with target_batch=1 (or no wait) as soon as a step is rejected."""
+    only when the target runs changes: with target_batch=None once no sequence is left drafting (fuller
+    batches), by default (target_batch=1, or no wait) as soon as a step is rejected."""
     prompts = PROMPTS + ["Dan has 7 cats and 2 dogs.", "Eve reads 3 books a week."]
     cfg = RSDConfig(max_new_tokens=40, max_step_tokens=6)
 
@@ -317,7 +317,7 @@ def test_scheduled_rsd_decides_as_lockstep_rounds(tiny_paths, monkeypatch, optio
                                    HFGenerator.from_pretrained(tiny_paths["target"]), staggered,
                                    cfg.model_copy(update=update))
 
-    full, eager, rounds = make(), make(**options), make(scheduler="lockstep")
+    full, eager, rounds = make(target_batch=None), make(**options), make(scheduler="lockstep")
     sizes_full, sizes_eager = _spy_batches(full.target, monkeypatch), _spy_batches(eager.target, monkeypatch)
     seen: list = []
     ref = rounds.generate(prompts)
@@ -334,6 +334,43 @@ def test_scheduled_rsd_decides_as_lockstep_rounds(tiny_paths, monkeypatch, optio
         assert steps == sorted(steps) and type(mine[-1]).__name__ == "RSDResult"
     for dec in (full, eager):
         assert dec.draft.cached.states == {} and dec.target.cached.states == {}
+
+
+@pytest.mark.parametrize("score_batch, options", [(3, {"target_batch": None}), (3, {}), (100, {"target_batch": None})])
+def test_ended_steps_wait_to_be_scored_together(tiny_paths, score_batch, options):
+    """With score_batch, a sequence whose step ended leaves the draft's batch until that many steps
+    wait (or no sequence is left writing); the PRM then scores them in one call. Decisions, texts and
+    rewards stay those of lockstep rounds; the PRM is called less often, with more steps per call."""
+    prompts = PROMPTS + ["Dan has 7 cats and 2 dogs.", "Eve reads 3 books a week.", "Fay has 9 pens."]
+    cfg = RSDConfig(max_new_tokens=40, max_step_tokens=6)
+    calls: dict[str, list[int]] = {}
+
+    def make(name, **update):
+        dec = RewardGuidedDecoder(HFGenerator.from_pretrained(tiny_paths["draft"]),
+                                  HFGenerator.from_pretrained(tiny_paths["target"]), staggered,
+                                  cfg.model_copy(update=update))
+        real = dec.reward.score
+        calls[name] = []
+
+        def spy(ids, steps):
+            calls[name].append(len(ids))
+            return real(ids, steps)
+
+        dec.reward.score = spy
+        return dec
+
+    ref = make("lockstep", scheduler="lockstep").generate(prompts)
+    each = make("each").generate(prompts)
+    grouped = make("grouped", score_batch=score_batch, **options).generate(prompts)
+    for got in (each, grouped):
+        for x, y in zip(got, ref):
+            assert trace(x) == trace(y) and x.text == y.text
+            assert [s.reward for s in x.steps] == [s.reward for s in y.steps]
+    assert sum(calls["grouped"]) == sum(calls["each"])  # every step scored once (draft and target steps)
+    assert len(calls["grouped"]) <= len(calls["each"])
+    if options:  # (with the target run at once, its rewrites' scores come between the groups)
+        assert len(calls["grouped"]) < len(calls["each"])
+    assert max(calls["grouped"]) >= min(score_batch, len(prompts))
 
 
 def test_a_callback_error_in_a_scheduled_run_frees_every_sequence(tiny_paths):

@@ -71,3 +71,15 @@ def test_streams_draw_each_token_with_its_probability():
     a = Draws.of([3, 9], [2, 7], torch.device("cpu")).uniform(50)
     b = Draws.of([9], [7], torch.device("cpu")).uniform(50)
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])
+
+
+def test_sampled_rsd_writes_the_same_with_or_without_lockstep(decoder):
+    """Each sequence's draws and decisions are its own, so dropping the rounds changes nothing, even
+    where the target interrupts the draft's batch mid-step (a rejected step's rewrite verifies it
+    against distributions drawn across two decodes)."""
+    cfg = RSDConfig(seed=3, threshold=0.6, weighting="clip", max_new_tokens=60, max_step_tokens=30,
+                    draft_sampling=SamplingConfig(temperature=1.0), target_sampling=SamplingConfig(temperature=0.8))
+    rounds = decoder.generate(QUESTIONS, config=cfg.model_copy(update={"scheduler": "lockstep"}))
+    free = decoder.generate(QUESTIONS, config=cfg)
+    assert [trace(r) for r in free] == [trace(r) for r in rounds]
+    assert sum(r.stats.rewritten_steps for r in free) > 0

@@ -186,6 +186,7 @@ class HFGenerator:
         # On CPU a host sync is free; on an accelerator, check for "all rows done" every few tokens.
         self.sync_every = sync_every or (1 if self.cached.device.type == "cpu" else 8)
         self._keys = random.Random()  # the streams of sequences no one gave one (``set_stream``)
+        self._partial_probs: dict[int, torch.Tensor] = {}  # a stopped step's distributions, until it resumes
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> HFGenerator:
@@ -228,9 +229,11 @@ class HFGenerator:
         return g
 
     def _drew(self, seqs: list[int], draws: Draws | None) -> None:
+        """Keep each sequence's count of draws (those released meanwhile are gone)."""
         if draws is not None:
             for s, n in zip(seqs, draws.counts.tolist()):
-                self.cached.states[s].draws = n
+                if s in self.cached.states:
+                    self.cached.states[s].draws = n
 
     # the contract --------------------------------------------------------------
     def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
@@ -316,18 +319,30 @@ class HFGenerator:
         budgets = [room(i, b) for i, b in enumerate(budgets)]
         if self.steps_back_to_back:
             assert isinstance(self.cached, NativeCachedModel)
+            # A resumed step's first tokens were drawn in an earlier call: their distributions come with it.
+            carried = {i: self._partial_probs.pop(seqs[i]) for i, r in enumerate(resume or [])
+                       if r and seqs[i] in self._partial_probs}
+
             def hook(ended: list[tuple[int, list[int], bool, torch.Tensor | None]]) -> list[int]:
-                nexts = on_steps([(i, self._step(list(tokens), eos, probs)) for i, tokens, eos, probs in ended])
-                return [room(i, n) for (i, *_), n in zip(ended, nexts)]
+                steps = []
+                for i, tokens, eos, probs in ended:
+                    if i in carried:
+                        probs = carried.pop(i) if probs is None else torch.cat([carried.pop(i), probs])
+                    steps.append((i, self._step(list(tokens), eos, probs)))
+                return [room(i, n) for (i, *_), n in zip(ended, on_steps(steps))]
 
             draws = self._draws(seqs)
+            drawn: list[torch.Tensor | None] = []
             try:
                 _, partial, _ = self.cached.run(seqs, budgets=budgets, sampling=self.sampling, draws=draws,
                                                 boundary=self.boundary, vocab_limit=len(self.tokenizer),
                                                 on_step_end=hook, resume=resume,
-                                                probs_out=[] if self.keep_probs else None)
+                                                probs_out=drawn if self.keep_probs else None)
             finally:
-                self._drew([s for s in seqs if s in self.cached.states], draws)
+                self._drew(seqs, draws)
+            for i, (toks, p) in enumerate(zip(partial, drawn)):  # the stopped steps' distributions so far
+                if toks and p is not None and seqs[i] in self.cached.states:
+                    self._partial_probs[seqs[i]] = torch.cat([carried.pop(i), p]) if i in carried else p
             return partial
         if resume is not None and any(resume):
             raise ValueError("only the native engine resumes a partial step")
@@ -409,6 +424,7 @@ class HFGenerator:
     def release(self, seqs: list[int]) -> None:
         for s in seqs:
             self.cached.release(s)
+            self._partial_probs.pop(s, None)
 
     def usage(self, seq: int) -> ModelUsage:
         return self.cached.states[seq].usage
