@@ -161,6 +161,11 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
                                                   self.device_map, self.dtype, self.trust_remote_code))
         return self._decoder
 
+    def tokenize(self, text: str) -> list[int]:
+        """The target's token ids for ``text``: LlamaIndex's tokenizer for this model
+        (``TokenCountingHandler(tokenizer=llm.tokenize)``, ``Settings.tokenizer = llm.tokenize``)."""
+        return list(self.get_decoder().target.tokenizer(text, add_special_tokens=False).input_ids)
+
     @property
     def metadata(self) -> LLMMetadata:
         dec = self.get_decoder()
@@ -206,8 +211,25 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
                             raw={"usage": usage, "result": res.to_dict()}, additional_kwargs=extra)
 
     # ------------------------------------------------------------------ chat
+    # Each public method reports one LLM event (``llm_*_callback``); a completion runs the chat bodies
+    # below directly, so token counters (``TokenCountingHandler``) see it once.
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_chat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._achat(messages, **kwargs)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return await self._astream_chat(messages, **kwargs)
+
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         span_id = active_span_id.get()
         req, tools = self._request(messages, **kwargs)
         res = None
@@ -218,8 +240,7 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
             res = e
         return self._response(res, tools)
 
-    @llm_chat_callback()
-    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         span_id = active_span_id.get()
         req, tools = self._request(messages, **kwargs)
         return self._stream_from(req.events(), span_id, tools, req.reply_prefix)
@@ -231,8 +252,7 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
             if (r := deltas.on(e)) is not None:
                 yield r
 
-    @llm_chat_callback()
-    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         span_id = active_span_id.get()
         req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
         res = None
@@ -243,8 +263,7 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
             res = e
         return self._response(res, tools)
 
-    @llm_chat_callback()
-    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         span_id = active_span_id.get()
         req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
 
@@ -270,20 +289,20 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._completion(self.chat(self._as_chat(prompt, formatted), **kwargs))
+        return self._completion(self._chat(self._as_chat(prompt, formatted), **kwargs))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        gen = self.stream_chat(self._as_chat(prompt, formatted), **kwargs)
+        gen = self._stream_chat(self._as_chat(prompt, formatted), **kwargs)
         return (self._completion(r) for r in gen)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return self._completion(await self.achat(self._as_chat(prompt, formatted), **kwargs))
+        return self._completion(await self._achat(self._as_chat(prompt, formatted), **kwargs))
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        gen = await self.astream_chat(self._as_chat(prompt, formatted), **kwargs)
+        gen = await self._astream_chat(self._as_chat(prompt, formatted), **kwargs)
 
         async def agen() -> AsyncIterator[CompletionResponse]:
             async for r in gen:

@@ -470,7 +470,7 @@ class _FailOn:
     ("reward", RuntimeError("device-side assert triggered"), False),
 ])
 def test_a_model_failing_mid_step_fails_the_call_cleanly(toy, role, error, oom):
-    model = {"draft": toy.draft, "target": toy.target, "reward": toy.reward.model}[role]
+    model = {"draft": toy.draft, "target": toy.target, "reward": toy.reward}[role]
     cfg = toy.config.model_copy(update={"threshold": 0.9999})  # every role runs
     fail = _FailOn(model, 3, error)
     try:

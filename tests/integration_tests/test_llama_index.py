@@ -207,3 +207,26 @@ def test_bad_config_fails_at_construction():
         RSDLLM(threshold=2.0)
     with pytest.raises(ValueError, match="weighting"):
         RSDLLM(weighting="greedy")
+
+
+def test_token_counting_sees_each_call_once_with_the_models_own_counts():
+    """LlamaIndex's TokenCountingHandler counts what the run reports: each call once (a completion is
+    not counted again as the chat it runs), prompt and completion tokens from the response's usage."""
+    import asyncio
+
+    from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
+    from llama_index.core.llms import ChatMessage
+
+    from rsd_integrations.llama_index import RSDLLM
+
+    probe = RSDLLM()
+    counter = TokenCountingHandler(tokenizer=probe.tokenize)
+    llm = RSDLLM(callback_manager=CallbackManager([counter]), max_tokens=32)
+    q = "Tom has 3 pens and buys 4 more. How many pens does he have?"
+    usages = [llm.complete(q).raw["usage"], llm.chat([ChatMessage(role="user", content=q)]).raw["usage"],
+              asyncio.run(llm.acomplete(q)).raw["usage"], list(llm.stream_complete(q))[-1].raw["usage"]]
+    assert len(counter.llm_token_counts) == 4
+    for event, usage in zip(counter.llm_token_counts, usages):
+        assert event.prompt_token_count == usage["prompt_tokens"] > 0
+        assert event.completion_token_count == usage["completion_tokens"] > 0
+    assert probe.tokenize(q) == list(probe.get_decoder().target.tokenizer(q, add_special_tokens=False).input_ids)
