@@ -75,9 +75,9 @@ def _samples(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], n: int, source
         # Target samples scored by the PRM: run draft-only on a decoder whose draft is the target.
         runner = RewardGuidedDecoder(dec.target, dec.target, dec.reward, cfg)
         cfg = cfg.model_copy(update={"threshold": 0.0, "draft_sampling": sampling})
-        results = runner._run(flat, cfg, list(callbacks), None, None, score_all=True)
+        results = runner.generate(flat, config=cfg, callbacks=callbacks, score_every_step=True)
     else:
-        results = dec._run(flat, cfg, list(callbacks), None, None, score_all=score)
+        results = dec.generate(flat, config=cfg, callbacks=callbacks, score_every_step=score)
     return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
 
@@ -86,8 +86,8 @@ def _combined(chosen: RSDResult, group: list[RSDResult], index: int) -> RSDResul
     stats = GenerationStats()
     for r in group:
         stats.merge(r.stats)
-    return RSDResult(index, chosen.text, chosen.steps, stats, chosen.finish_reason, chosen.num_prompt_tokens,
-                     chosen.num_output_tokens)
+    return RSDResult(index=index, text=chosen.text, steps=chosen.steps, stats=stats, finish_reason=chosen.finish_reason,
+                     num_prompt_tokens=chosen.num_prompt_tokens, num_output_tokens=chosen.num_output_tokens)
 
 
 def best_of_n(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], n: int = 8, *,
@@ -203,7 +203,7 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
         extra = {"tokenizer": dec.target.tokenizer, "assistant_tokenizer": dec.draft.tokenizer}
     eos: set[int] = set(getattr(dec.target, "eos_ids", set()))
     out = []
-    with dec._lock:
+    with dec.exclusive():
         for i, prompt in enumerate(prompts):
             ids = dec.target.render_prompt(prompt)
             if cfg.seed is not None:
@@ -227,5 +227,6 @@ def speculative_decoding(dec: RewardGuidedDecoder, prompts: Sequence[Prompt], co
                 target=t_log.usage(len(ids), verified), wall_time_s=time.perf_counter() - t0)
             finish: FinishReason = "eos" if seq and seq[-1] in eos else "max_new_tokens"
             text = dec.target.tokenizer.decode(seq, skip_special_tokens=True)
-            out.append(RSDResult(i, text, [], stats, finish, len(ids), len(seq)))
+            out.append(RSDResult(index=i, text=text, steps=[], stats=stats, finish_reason=finish,
+                                 num_prompt_tokens=len(ids), num_output_tokens=len(seq)))
     return out

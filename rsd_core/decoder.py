@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import json
@@ -86,6 +87,20 @@ class Arrivals(Protocol):
     def waiting(self) -> bool: ...
 
     def take(self) -> list[Prompt]: ...
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one ``generate`` call asks for, besides its prompts (see ``generate``'s arguments)."""
+
+    config: RSDConfig
+    callbacks: tuple[Any, ...] = ()
+    tools: list[dict[str, Any]] | None = None
+    stop: tuple[str, ...] = ()
+    reply_prefix: str = ""
+    grammar: Grammar | None = None
+    score_every_step: bool = False
+    arrivals: Arrivals | None = None
 
 
 class _Serialized:
@@ -289,6 +304,7 @@ class RewardGuidedDecoder:
         reply_prefix: str = "",
         grammar: Grammar | None = None,
         arrivals: Arrivals | None = None,
+        score_every_step: bool = False,
     ) -> list[RSDResult]:
         """Run RSD over a batch of prompts (strings or chat message lists); one result per prompt.
 
@@ -303,27 +319,33 @@ class RewardGuidedDecoder:
 
         ``arrivals``: more prompts that join the batch while it runs, as slots free up (``Arrivals``);
         their results follow the given prompts' in the returned list, in the order they joined.
-        """
-        if grammar is not None and grammar.after(reply_prefix) is None:
-            raise ValueError(f"reply_prefix {reply_prefix!r} does not fit the grammar")
-        return self._run(prompts, config or self.config, list(callbacks), tools, stop, reply_prefix=reply_prefix,
-                         grammar=grammar, arrivals=arrivals)
 
-    def _run(self, prompts: Sequence[Prompt] | Prompt, cfg: RSDConfig, callbacks: list[Any],
-             tools: list[dict[str, Any]] | None, stop: list[str] | None, *, score_all: bool = False,
-             reply_prefix: str = "", grammar: Grammar | None = None,
-             arrivals: Arrivals | None = None) -> list[RSDResult]:
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
-            prompts = [prompts]  # a single prompt
-        if not prompts:
-            raise InvalidPromptError("no prompts given")
+        ``score_every_step``: the PRM scores every step, also where nothing is decided (draft only or
+        target only), so each ``StepEvent`` carries its reward (best-of-N and majority voting use this).
+        """
         if stop is not None and (not isinstance(stop, list) or any(not isinstance(s, str) or not s for s in stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         if not isinstance(reply_prefix, str):
             raise ValueError(f"reply_prefix must be a string, got {type(reply_prefix).__name__}")
+        if grammar is not None and grammar.after(reply_prefix) is None:
+            raise ValueError(f"reply_prefix {reply_prefix!r} does not fit the grammar")
+        spec = RunSpec(config or self.config, tuple(callbacks), tools, tuple(stop or ()), reply_prefix, grammar,
+                       score_every_step, arrivals)
+        return self._run(prompts, spec)
+
+    def exclusive(self) -> Any:
+        """Hold this decoder's models for direct use (no run starts meanwhile): ``with dec.exclusive(): ...``."""
+        return self._lock
+
+    def _run(self, prompts: Sequence[Prompt] | Prompt, spec: RunSpec) -> list[RSDResult]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+            prompts = [prompts]  # a single prompt
+        if not prompts:
+            raise InvalidPromptError("no prompts given")
+        cfg = spec.config
         weighting = Weighting.from_config(cfg)
         mode: Mode = "target" if weighting.always_rejects else "draft" if weighting.always_accepts else "rsd"
-        if self.reward is None and (mode == "rsd" or score_all):
+        if self.reward is None and (mode == "rsd" or spec.score_every_step):
             raise ValueError("this run needs a reward model (the threshold is strictly between 0 and 1, so rewards "
                              "decide): name one (reward= in RewardGuidedDecoder, reward_model= in ChatRSD and "
                              "RSDLLM, --reward in the rsd command), or use threshold 0 (draft only) or 1 "
@@ -331,8 +353,7 @@ class RewardGuidedDecoder:
         if self.closed:
             raise RuntimeError("this RewardGuidedDecoder was closed; build another to run again")
         with self._lock:
-            run = _Run(self, cfg, weighting, mode, callbacks, tools, stop or [], score_all, reply_prefix, grammar)
-            run.arrivals = arrivals
+            run = _Run(self, spec, weighting, mode)
             if self.concurrency is None:
                 return run.execute(list(prompts))  # type: ignore[arg-type]
             return run.execute_each(list(prompts), self.concurrency)  # type: ignore[arg-type]
@@ -341,14 +362,13 @@ class RewardGuidedDecoder:
 class _Run:
     """The state of one ``generate`` call."""
 
-    def __init__(self, dec: RewardGuidedDecoder, cfg: RSDConfig, weighting: Weighting, mode: Mode,
-                 callbacks: list[Any], tools: list[dict[str, Any]] | None, stop: list[str], score_all: bool,
-                 reply_prefix: str = "", grammar: Grammar | None = None):
-        self.dec, self.cfg, self.weighting, self.mode = dec, cfg, weighting, mode
-        self.reply_prefix, self.grammar = reply_prefix, grammar
+    def __init__(self, dec: RewardGuidedDecoder, spec: RunSpec, weighting: Weighting, mode: Mode):
+        cfg, grammar, score_all = spec.config, spec.grammar, spec.score_every_step
+        self.dec, self.spec, self.cfg, self.weighting, self.mode = dec, spec, cfg, weighting, mode
+        self.reply_prefix, self.grammar, self.arrivals = spec.reply_prefix, grammar, spec.arrivals
         self.draft, self.target = dec.draft, dec.target
         self.reward: RewardModel = dec.reward  # type: ignore[assignment]  # not None whenever uses_reward
-        self.callbacks, self.tools, self.stop, self.score_all = callbacks, tools, stop, score_all
+        self.callbacks, self.tools, self.stop, self.score_all = list(spec.callbacks), spec.tools, list(spec.stop), score_all
         self.uses_draft = mode != "target"
         self.uses_target = mode != "draft"
         self.uses_reward = mode == "rsd" or score_all
@@ -364,7 +384,6 @@ class _Run:
         self.speculates = (mode == "rsd" and cfg.speculative_rewrite and dec.same_tokenizer and grammar is None
                            and "proposals" in inspect.signature(dec.target.generate_step).parameters)
         self.streams: dict[int, int] = {}  # prompt index -> its sequence's random stream (seeded runs)
-        self.arrivals: Arrivals | None = None
         self.seqs: list[_Seq] = []  # every sequence of the run, joined ones included
         self.t0 = time.perf_counter()
 
@@ -468,8 +487,8 @@ class _Run:
             return None
 
     def _one(self, prompt: Prompt, index: int) -> RSDResult:
-        run = _Run(self.dec, self.cfg, self.weighting, self.mode, self.callbacks, self.tools, self.stop, self.score_all,
-                   self.reply_prefix, self.grammar)
+        run = _Run(self.dec, dataclasses.replace(self.spec, callbacks=tuple(self.callbacks), arrivals=None),
+                   self.weighting, self.mode)
         run.streams, run.t0 = self.streams, self.t0
         return run.execute([prompt], [index])[0]
 
@@ -508,7 +527,8 @@ class _Run:
         rejected: list[tuple[_Seq, Step, float | None]] = []
         for s, step, r, w, k in zip(seqs, proposals, rewards, weights, keep):
             s.stats.draft_steps += 1
-            event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "draft", r, w, k,
+            event = StepEvent(sequence_index=s.index, step_index=s.n_steps, text=step.text,
+                              num_tokens=len(step.token_ids), source="draft", reward=r, weight=w, accepted=k,
                               is_final=k and step.eos, latency_s=latency, token_ids=step.token_ids)
             s.steps.append(event)
             if k:
@@ -644,9 +664,12 @@ class _Run:
             s.stats.speculated_tokens += step.speculated
         rej_text, rej_reward = (rejected[1].text, rejected[2]) if rejected else (None, None)
         dispatch(self.callbacks, "on_target_invocation", TargetInvocationEvent(
-            s.index, s.n_steps, reason, rej_text, rej_reward, lag, len(step.token_ids), target_s, step.speculated))
-        event = StepEvent(s.index, s.n_steps, step.text, len(step.token_ids), "target", reward, None, True,
-                          is_final=step.eos, latency_s={"target": target_s}, token_ids=step.token_ids)
+            sequence_index=s.index, step_index=s.n_steps, reason=reason, rejected_text=rej_text,
+            rejected_reward=rej_reward, catch_up_tokens=lag, num_tokens=len(step.token_ids), latency_s=target_s,
+            speculated_tokens=step.speculated))
+        event = StepEvent(sequence_index=s.index, step_index=s.n_steps, text=step.text, num_tokens=len(step.token_ids),
+                          source="target", reward=reward, weight=None, accepted=True, is_final=step.eos,
+                          latency_s={"target": target_s}, token_ids=step.token_ids)
         s.steps.append(event)
         self._accept(s, step, reward, source="target")
         dispatch(self.callbacks, "on_step", event)
@@ -854,7 +877,8 @@ class _Run:
         s.stats.wall_time_s = time.perf_counter() - self.t0
         self._release([s])
         finish: FinishReason = "eos" if s.finish in (None, "error") else s.finish  # type: ignore[assignment]
-        result = RSDResult(s.index, s.text, s.steps, s.stats, finish, s.n_prompt_tokens, s.n_tokens)
+        result = RSDResult(index=s.index, text=s.text, steps=s.steps, stats=s.stats, finish_reason=finish,
+                           num_prompt_tokens=s.n_prompt_tokens, num_output_tokens=s.n_tokens)
         dispatch(self.callbacks, "on_end", result)
         return result
 

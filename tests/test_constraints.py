@@ -114,6 +114,7 @@ QUESTIONS = ["What is 12 squared? Use the tool.", "Create a customer named Ann i
 
 @pytest.mark.parametrize("threshold, temperature", [(0.0, 1.0), (0.7, 0.0), (0.7, 1.0), (1.0, 0.0)])  # draft only,
 # RSD (greedy and sampled), target only
+@pytest.mark.slow
 def test_every_reply_under_the_grammar_is_a_call_that_fits(toy, threshold, temperature):
     tools = [SQUARE, CUSTOMER, MIXED]
     grammar = Grammar.tool_calls(tools)

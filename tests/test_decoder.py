@@ -337,3 +337,15 @@ def test_reply_prefix_is_read_as_prompt_and_starts_the_text(tiny_paths):
 def test_reply_prefix_must_be_text(tiny_paths):
     with pytest.raises(ValueError, match="reply_prefix must be a string"):
         make(tiny_paths).generate([PROMPTS[0]], reply_prefix=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_score_every_step_reports_rewards_where_nothing_is_decided(toy, threshold):
+    cfg = toy.config.model_copy(update={"threshold": threshold, "max_new_tokens": 40})
+    q = "Sam has 4 marbles and finds 3 more. How many marbles does Sam have?"
+    plain = toy.generate(q, config=cfg)[0]
+    scored = toy.generate(q, config=cfg, score_every_step=True)[0]
+    assert plain.text == scored.text
+    assert all(s.reward is None for s in plain.steps)
+    assert all(isinstance(s.reward, float) and 0.0 <= s.reward <= 1.0 for s in scored.steps)
+    assert scored.stats.reward.calls > 0 == plain.stats.reward.calls

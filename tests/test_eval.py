@@ -251,6 +251,7 @@ def _strip_wall(summary):
     return {m: {k: v for k, v in s.items() if not k.startswith("wall")} for m, s in summary.items()}
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_summary(toy, tmp_path):
     examples = toy_examples(10, seed=99)
     methods = ["target", "rsd:0.6", "sd"]
@@ -337,6 +338,7 @@ def test_cli_eval_rejects_bad_options_before_loading(capsys, tmp_path):
     assert "no summary" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_second_process_writing_the_same_records_is_refused(tmp_path):
     import subprocess
     import sys

@@ -145,6 +145,7 @@ def skywork(replica_root):
 
 @pytest.mark.parametrize("size,fmt", [("1.5B", "bin"), ("7B", "bin"), ("1.5B", "safetensors")])
 @pytest.mark.parametrize("step_token", ["\n", "\n\n"], ids=["card-newline", "paper-double-newline"])
+@pytest.mark.slow
 def test_skywork_prm_scores_as_its_reference(skywork, size, fmt, step_token):
     folder = skywork[(size, fmt)]
     assert detect_reward_type(str(folder)) == "value_head"
@@ -309,6 +310,7 @@ def _without_weight(src: Path, dst: Path, weight: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HEAD_WEIGHTS))
+@pytest.mark.slow
 def test_a_replica_missing_a_head_weight_is_refused(replica_root, qwen_prm, skywork, shepherd, rlhflow, tmp_path, name):
     weight, reward_type = HEAD_WEIGHTS[name]
     _without_weight(replica_root / name, tmp_path / name, weight)

@@ -187,6 +187,7 @@ def test_verify_greedy_keeps_the_agreeing_prefix():
 
 
 @pytest.mark.parametrize("draft_greedy", [False, True])
+@pytest.mark.slow
 def test_verify_sampling_draws_the_targets_distribution(draft_greedy):
     """Whatever the draft proposes (drawn from q, or its argmax when greedy), the first token written has
     the target's distribution p: the speculative-sampling rule, checked over many seeded draws."""

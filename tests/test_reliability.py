@@ -294,6 +294,7 @@ def test_prompt_longer_than_the_context_fails_before_any_model_work(shared):
 # ============================================================================ concurrency
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_ainvoke_and_astream_match_solo_outputs(shared):
     llm = ChatRSD(max_tokens=96)
     solo = [llm.invoke(q).content for q in QUESTIONS]
@@ -630,6 +631,7 @@ def test_a_tokenizer_that_cannot_write_text_is_refused(tiny_paths, tmp_path):
     ("{{ 'x' * 1000000000 }}", "GiB|characters"),
     ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursed"),
 ])
+@pytest.mark.slow
 def test_a_chat_template_that_hangs_or_explodes_is_refused_at_load(tiny_paths, tmp_path, template, match):
     import shutil
 

@@ -39,12 +39,14 @@ def _rsd(*args):
     return subprocess.run([sys.executable, "-m", "rsd_core.cli", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_demo_prints_steps_and_a_table():
     out = _rsd("demo", "--n", "16", "--show", "1")
     assert out.returncode == 0, out.stderr
     assert "[draft" in out.stdout and "accuracy" in out.stdout and "rsd" in out.stdout
 
 
+@pytest.mark.slow
 def test_cli_eval_writes_the_summary_json(tmp_path):
     path = tmp_path / "out.json"
     out = _rsd("eval", "--dataset", "toy", "--methods", "target,draft,rsd,bon:2,majority:2", "--n", "8",
@@ -57,6 +59,7 @@ def test_cli_eval_writes_the_summary_json(tmp_path):
         assert set(m["tokens"]["draft"]) == {"prefill", "decode"} and "total" in m["flops"]
 
 
+@pytest.mark.slow
 def test_cli_generate_json_and_stdin():
     q = "Max has 94 apples. He uses 70. He buys 28 more. How many apples does Max have now?"
     out = subprocess.run([sys.executable, "-m", "rsd_core.cli", "generate", "--json"], input=q,
