@@ -57,7 +57,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class Literal(Node):
+class Exact(Node):
     text: bytes
 
     def first(self) -> list[Any]:
@@ -159,7 +159,7 @@ class Choice(Node):
 
 
 @dataclass(frozen=True)
-class Sequence(Node):
+class Concat(Node):
     parts: tuple[Node, ...]
 
     def _enter(self, i: int, s: Any) -> list[Any]:
@@ -268,8 +268,8 @@ def _fail(tag: bytes) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- JSON schema → nodes
 
 
-def _lit(text: str) -> Literal:
-    return Literal(text.encode())
+def _lit(text: str) -> Exact:
+    return Exact(text.encode())
 
 
 def schema_node(schema: dict[str, Any], root: dict[str, Any] | None = None, depth: int = 0) -> Node:
@@ -336,7 +336,7 @@ def object_node(schema: dict[str, Any], root: dict[str, Any] | None = None, dept
         value = schema_node(sub, root, depth + 1)
         parts.append(value if key in required else Choice((value, _lit("null"))))
     parts.append(_lit("}" if props else "{}"))
-    return Sequence(tuple(parts))
+    return Concat(tuple(parts))
 
 
 # --------------------------------------------------------------------------- the grammar and its cursor
@@ -371,7 +371,7 @@ class Grammar:
         """
         if not tools:
             raise ValueError("no tools to call")
-        newline = Choice((Literal(b""), Literal(b"\n")))
+        newline = Choice((Exact(b""), Exact(b"\n")))
         calls = [_call(t, (newline,), (_lit("}"), newline, _lit("</tool_call>"))) for t in tools]
         return cls(TextWithCalls(opening.rstrip("\n").encode(), _one_of(calls)))
 
@@ -383,15 +383,15 @@ class Grammar:
         return self.cursor().feed(text.encode())
 
 
-def _call(tool: dict[str, Any], before: tuple[Node, ...], after: tuple[Node, ...]) -> Sequence:
+def _call(tool: dict[str, Any], before: tuple[Node, ...], after: tuple[Node, ...]) -> Concat:
     """``{"name": "<tool>", "arguments": {...}`` for one OpenAI-style tool, between ``before`` and ``after``."""
     fn = tool.get("function", tool)
     params = fn.get("parameters") or {"type": "object", "properties": {}}
     head = _lit('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
-    return Sequence((*before, head, object_node(params), *after))
+    return Concat((*before, head, object_node(params), *after))
 
 
-def _one_of(nodes: list[Sequence]) -> Node:
+def _one_of(nodes: list[Concat]) -> Node:
     return nodes[0] if len(nodes) == 1 else Choice(tuple(nodes))
 
 

@@ -1,6 +1,6 @@
 """The fast decode path: preallocated KV slots, one shared write column, and a CUDA-graphed decode step.
 
-Plain HF decoding on a GPU is launch-bound (DESIGN.md: a 1.5B draft is barely faster than a 7B target),
+Plain HF decoding on a GPU is launch-bound (a 1.5B draft is barely faster than a 7B target; docs/benchmarks.md),
 which would turn RSD's FLOPs savings into no time savings. Here every model gets:
 
 - a static KV cache of ``slots`` sequences x ``max_len`` columns, allocated once;

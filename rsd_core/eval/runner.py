@@ -4,7 +4,7 @@ Methods: ``target``, ``draft``, ``rsd`` (at the config's δ, or ``rsd:0.5`` for 
 (token-level speculative decoding; ``sd:K`` for K draft tokens per round), ``bon:N`` (best-of-N from
 the draft, PRM-scored) and ``majority:N``.
 
-With ``records_path`` every problem's record is appended to a JSONL file as soon as its batch ends
+With ``records`` (a path) every problem's record is appended to a JSONL file as soon as its batch ends
 (flushed and fsynced), and a run started again with the same file skips what is there: an
 interrupted run resumes where it stopped, and the summary is the same as an uninterrupted run's.
 
@@ -29,7 +29,7 @@ from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.eval.answers import extract_answer, grade
 from rsd_core.eval.datasets import Example
-from rsd_core.eval.prompts import build_messages, resolve_style
+from rsd_core.eval.prompts import PromptStyle, build_messages, resolve_style
 from rsd_core.events import RSDResult
 
 MODELS = ("draft", "target", "reward")
@@ -284,7 +284,7 @@ class RecordStore:
 
 def evaluate(dec: RewardGuidedDecoder, examples: Sequence[Example], methods: Sequence[str],
              config: RSDConfig | None = None, batch_size: int = 16, progress: bool = True,
-             grade: Callable[[str | None, str], bool] = grade, prompt_style: str = "plain",
+             grade: Callable[[str | None, str], bool] = grade, prompt_style: PromptStyle = "plain",
              records: RecordStore | None = None,
              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Every method over every example; returns ``{method: summary}``.
