@@ -394,3 +394,27 @@ def test_a_hub_dataset_that_cannot_be_loaded_points_to_data_file(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", fake)
     with pytest.raises(FileNotFoundError, match="--data-file"):
         load_examples("gsm8k", 3)
+
+
+def test_accuracy_plot_labels_neither_overlap_nor_leave_the_figure():
+    """Close RSD points at several δ (the case that printed 'rsd:0.3:0.95 0.7' cut at the edge)."""
+    pytest.importorskip("matplotlib")
+    from rsd_core.eval.plot import _pyplot, accuracy_figure
+
+    rows = [{"method": m, "accuracy": a, "paper_flops_per_question": x, "flops_per_question": 2 * x}
+            for m, a, x in (("target", 0.92, 8e7), ("draft", 0.67, 4.5e7), ("rsd:0.3", 0.917, 1.40e8),
+                            ("rsd:0.7", 0.917, 1.46e8), ("rsd:0.95", 0.917, 1.52e8), ("rsd:0.5", 0.91, 1.43e8))]
+    plt = _pyplot()
+    fig = accuracy_figure(plt, {"methods": rows, "dataset": "toy", "n": 12})
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    whole = fig.bbox
+    for ax in fig.axes:
+        boxes = [t.get_window_extent(renderer) for t in ax.texts]
+        assert boxes, "every point is labelled"
+        for i, a in enumerate(boxes):
+            assert whole.x0 <= a.x0 and a.x1 <= whole.x1 and whole.y0 <= a.y0 and a.y1 <= whole.y1
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), [t.get_text() for t in ax.texts]
+    plt.close(fig)
