@@ -48,7 +48,6 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from rsd_core.config import RSDConfig, WeightingName
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
@@ -56,10 +55,10 @@ from rsd_integrations._shared import (
     ClosesItsDecoder,
     ModelSpec,
     Request,
+    RSDOptions,
     get_decoder,
     get_scheduler,
     offered_tools,
-    run_config,
     tool_choice_request,
 )
 from rsd_integrations.chat_format import ToolCallStreamFilter, check_tool_names, parse_tool_calls, validate_messages
@@ -173,7 +172,7 @@ def _step_record(e: StepEvent) -> dict[str, Any]:
             "weight": e.weight, "accepted": e.accepted, "num_tokens": e.num_tokens, "text": e.text}
 
 
-class ChatRSD(ClosesItsDecoder, BaseChatModel):
+class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
     """Reward-guided speculative decoding as a chat model: a draft writes, a PRM judges, a target fixes.
 
     Args:
@@ -191,23 +190,10 @@ class ChatRSD(ClosesItsDecoder, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
 
+    # The options shared with RSDLLM are RSDOptions' fields; LangChain's own names are aliases here.
     model: str | None = Field(default=None, alias="model_name")
-    draft_model: str | None = None
-    reward_model: str | None = None
-    reward_type: str | None = None
-    threshold: float = Field(0.7, ge=0.0, le=1.0)
-    weighting: WeightingName = "binary"
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    max_tokens: int | None = Field(512, ge=1)
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    max_steps: int = Field(64, ge=1)
-    max_step_tokens: int = Field(256, ge=1)
     streaming: bool = False
-    device_map: str | None = None
-    dtype: str | None = "auto"
-    trust_remote_code: bool = False
     timeout: float | None = None
     max_retries: int = Field(0, ge=0)
     decoder: RewardGuidedDecoder | None = Field(default=None, exclude=True)
@@ -223,10 +209,6 @@ class ChatRSD(ClosesItsDecoder, BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"model": self.model_id, "draft_model": self.draft_model, "reward_model": self.reward_model,
                 "threshold": self.threshold, "weighting": self.weighting, "temperature": self.temperature}
-
-    @property
-    def model_id(self) -> str:
-        return self.model or "rsd-toy-target"
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
@@ -249,17 +231,7 @@ class ChatRSD(ClosesItsDecoder, BaseChatModel):
         """The shared decoder for these models (loaded on first use)."""
         if self.decoder is not None:
             return self.decoder
-        return get_decoder(ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type,
-                                     self.device_map, self.dtype, self.trust_remote_code))
-
-    def _rsd_config(self, dec: RewardGuidedDecoder, **kw: Any) -> RSDConfig:
-        sampling = {"temperature": kw.get("temperature", self.temperature), "top_p": kw.get("top_p", self.top_p)}
-        max_tokens = kw.get("max_tokens", self.max_tokens)
-        return run_config(
-            dec.config, threshold=kw.get("threshold", self.threshold), weighting=kw.get("weighting", self.weighting),
-            max_new_tokens=dec.config.max_new_tokens if max_tokens is None else max_tokens,
-            max_steps=self.max_steps, max_step_tokens=self.max_step_tokens, draft_sampling=sampling,
-            target_sampling=sampling, seed=kw.get("seed", self.seed))
+        return get_decoder(self.model_spec())
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, loop: Any = None,
                  **kw: Any) -> tuple[RewardGuidedDecoder, Request]:
@@ -273,7 +245,7 @@ class ChatRSD(ClosesItsDecoder, BaseChatModel):
         dec = self.get_decoder()
         tools, prefix, grammar = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
         stops = stop if stop is not None else self.stop
-        return dec, Request(chat, self._rsd_config(dec, **kw), tools, stops or None, loop, reply_prefix=prefix,
+        return dec, Request(chat, self.to_config(dec.config, **kw), tools, stops or None, loop, reply_prefix=prefix,
                             grammar=grammar, timeout=self.timeout)
 
     # ------------------------------------------------------------------ results as messages

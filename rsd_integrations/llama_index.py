@@ -28,7 +28,7 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events import BaseEvent
 from llama_index.core.instrumentation.span import active_span_id
@@ -42,12 +42,11 @@ from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_integrations._shared import (
     ClosesItsDecoder,
-    ModelSpec,
     Request,
+    RSDOptions,
     get_decoder,
     get_scheduler,
     offered_tools,
-    run_config,
     tool_choice_request,
 )
 from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
@@ -119,36 +118,19 @@ def to_chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return validate_messages(out)
 
 
-class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
+class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
     """Reward-guided speculative decoding behind LlamaIndex's LLM interface.
 
-    Same options as ``ChatRSD``: ``model`` (target), ``draft_model``, ``reward_model``, ``threshold``,
-    ``weighting``, ``temperature``, ``max_tokens``, ``stop``, device and dtype options, or ``decoder=``.
+    The options are ``ChatRSD``'s (``RSDOptions``): ``model`` (target), ``draft_model``, ``reward_model``,
+    ``threshold``, ``weighting``, ``temperature``, ``max_tokens``, ``stop``, device and dtype options; or
+    ``decoder=`` an already-built ``RewardGuidedDecoder``.
     """
-
-    model: str | None = Field(default=None, description="target model id or path (None: the toy trio)")
-    draft_model: str | None = None
-    reward_model: str | None = None
-    reward_type: str | None = None
-    threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-    weighting: str = "binary"
-    temperature: float = Field(default=0.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    max_tokens: int = Field(default=512, ge=1)
-    stop: list[str] | None = None
-    max_steps: int = Field(default=64, ge=1)
-    max_step_tokens: int = Field(default=256, ge=1)
-    device_map: str | None = None
-    dtype: str | None = "auto"
-    trust_remote_code: bool = False
 
     _decoder: RewardGuidedDecoder | None = PrivateAttr(default=None)
 
     def __init__(self, decoder: RewardGuidedDecoder | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._decoder = decoder
-        RSDConfig(threshold=self.threshold, weighting=self.weighting)  # fail now on a bad value
 
     @classmethod
     def class_name(cls) -> str:
@@ -157,8 +139,7 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
     # ------------------------------------------------------------------ models and metadata
     def get_decoder(self) -> RewardGuidedDecoder:
         if self._decoder is None:
-            self._decoder = get_decoder(ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type,
-                                                  self.device_map, self.dtype, self.trust_remote_code))
+            self._decoder = get_decoder(self.model_spec())
         return self._decoder
 
     def tokenize(self, text: str) -> list[int]:
@@ -172,19 +153,14 @@ class RSDLLM(ClosesItsDecoder, FunctionCallingLLM):
         template = getattr(dec.target.tokenizer, "chat_template", None) or ""
         return LLMMetadata(
             context_window=min(dec.target.context_length, dec.draft.context_length),
-            num_output=self.max_tokens,
+            num_output=self.max_tokens or dec.config.max_new_tokens,
             is_chat_model=True,
             is_function_calling_model="tools" in template,
-            model_name=self.model or "rsd-toy-target",
+            model_name=self.model_id,
         )
 
     def _config(self, **kw: Any) -> RSDConfig:
-        dec = self.get_decoder()
-        s = {"temperature": kw.get("temperature", self.temperature), "top_p": kw.get("top_p", self.top_p)}
-        return run_config(
-            dec.config, threshold=kw.get("threshold", self.threshold), weighting=kw.get("weighting", self.weighting),
-            max_new_tokens=kw.get("max_tokens", self.max_tokens), max_steps=self.max_steps,
-            max_step_tokens=self.max_step_tokens, draft_sampling=s, target_sampling=s, seed=kw.get("seed", self.seed))
+        return self.to_config(self.get_decoder().config, **kw)
 
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
         chat = to_chat_dicts(messages)
