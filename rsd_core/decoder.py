@@ -89,6 +89,23 @@ class Arrivals(Protocol):
     def take(self) -> list[Prompt]: ...
 
 
+StepsHook = Callable[[list[tuple[int, Step]]], list[int]]
+
+
+def _stops_on_error(failed: list[BaseException]) -> Callable[[StepsHook], StepsHook]:
+    """A ``generate_steps`` hook that, when it raises (a callback's error, a cancellation), keeps the
+    error in ``failed`` and stops every row where it is; the run then raises it, unwrapped."""
+    def wrap(hook: StepsHook) -> StepsHook:
+        def guarded(ended: list[tuple[int, Step]]) -> list[int]:
+            try:
+                return hook(ended)
+            except BaseException as e:
+                failed.append(e)
+                return [-1] * len(ended)
+        return guarded
+    return wrap
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What one ``generate`` call asks for, besides its prompts (see ``generate``'s arguments)."""
@@ -584,26 +601,23 @@ class _Run:
                 t0 = [time.perf_counter()]
                 stopped: set[int] = set()  # rows of this decode that left its batch
 
+                @_stops_on_error(failed)
                 def on_steps(ended: list[tuple[int, Step]], drafting: list[_Seq] = drafting,
                              t0: list[float] = t0, stopped: set[int] = stopped) -> list[int]:
-                    try:
-                        now = [(drafting[i], st) for i, st in ended]
-                        held.extend(now)
-                        writing = len(drafting) - len(stopped) - len(now)  # rows that write on regardless
-                        if len(held) < cfg.score_batch and writing > 0:
-                            stopped.update(id(s) for s, _ in now)
-                            return [0] * len(now)  # they wait out of the batch for the group's score
-                        waited = len(held) > len(now)
-                        group, held[:] = list(held), []
-                        going = judge(group, time.perf_counter() - t0[0])
-                        t0[0] = time.perf_counter()
-                        if waited and going - {id(s) for s, _ in now}:
-                            return [-1] * len(now)  # sequences that left the batch go on: start it again
-                        nexts = [self._budget(s, self.draft) if id(s) in going else 0 for s, _ in now]
-                        stopped.update(id(s) for (s, _), n in zip(now, nexts) if n == 0)
-                    except BaseException as e:  # a callback's error (or cancellation): stop, unwrapped
-                        failed.append(e)
-                        return [-1] * len(ended)
+                    now = [(drafting[i], st) for i, st in ended]
+                    held.extend(now)
+                    writing = len(drafting) - len(stopped) - len(now)  # rows that write on regardless
+                    if len(held) < cfg.score_batch and writing > 0:
+                        stopped.update(id(s) for s, _ in now)
+                        return [0] * len(now)  # they wait out of the batch for the group's score
+                    waited = len(held) > len(now)
+                    group, held[:] = list(held), []
+                    going = judge(group, time.perf_counter() - t0[0])
+                    t0[0] = time.perf_counter()
+                    if waited and going - {id(s) for s, _ in now}:
+                        return [-1] * len(now)  # sequences that left the batch go on: start it again
+                    nexts = [self._budget(s, self.draft) if id(s) in going else 0 for s, _ in now]
+                    stopped.update(id(s) for (s, _), n in zip(now, nexts) if n == 0)
                     full = cfg.target_batch is not None and len(queue) >= cfg.target_batch
                     late = cfg.target_wait_s is not None and t0[0] - oldest[0] >= cfg.target_wait_s
                     flush[0] = bool(queue) and (full or late)
@@ -686,18 +700,15 @@ class _Run:
                 break
             last = [time.perf_counter()] * len(live)
 
+            @_stops_on_error(failed)
             def on_steps(ended: list[tuple[int, Step]], live: list[_Seq] = live,
                          last: list[float] = last) -> list[int]:
                 nexts = []
                 for i, step in ended:
                     s = live[i]
-                    try:
-                        now = time.perf_counter()
-                        self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
-                        last[i] = now
-                    except BaseException as e:  # a callback's error (or cancellation) ends the run as it is, unwrapped
-                        failed.append(e)
-                        return [-1] * len(ended)
+                    now = time.perf_counter()
+                    self._target_step(s, step, None, "target_only", None, s.target_lag, now - last[i])
+                    last[i] = now
                     nexts.append(0 if s.finish is not None else self._budget(s, self.target))
                 return [-1] * len(nexts) if self._arrived() else nexts
 
