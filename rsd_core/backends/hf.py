@@ -1,7 +1,8 @@
 """Local transformers models behind the generator contract.
 
-The per-sequence KV caches live in ``runtime/cached_model.py`` (plain path) and ``backends/fast.py``
-(static slots, CUDA graphs); this module renders prompts, finds step ends and hands out steps.
+The per-sequence KV caches live in ``runtime/cached_model.py`` (plain path), ``runtime/native_engine.py``
+and ``backends/fast.py`` (static slots, CUDA graphs); prompts are rendered in ``backends/rendering.py``;
+this module picks the engine, hands out steps and verifies a rejected step for its rewrite.
 
 Example:
     >>> gen = HFGenerator.from_pretrained("path/to/model")            # doctest: +SKIP
@@ -12,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,100 +21,18 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
+from rsd_core.backends.rendering import context_length, eos_token_ids, render_prompt
 from rsd_core.backends.speculation import verify
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows, Cursor
-from rsd_core.errors import PromptTooLongError
 from rsd_core.events import ModelUsage
-from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 from rsd_core.runtime.native_engine import NativeCachedModel, native_unsupported
-from rsd_core.runtime.tokens import control_strings
 from rsd_core.sampling import Draws
 
 __all__ = ["CachedModel", "HFGenerator", "StepBoundary", "context_length", "eos_token_ids", "load_pretrained",
            "render_prompt"]
-
-# --------------------------------------------------------------------------- model facts
-
-
-def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None) if gc is not None else None
-    for e in (eos if isinstance(eos, list) else [eos]):
-        if e is not None:
-            ids.add(int(e))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
-
-
-def context_length(model: PreTrainedModel) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or 1 << 30)
-
-
-def _with_untrusted_marked(tokenizer: Any, chat: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The chat with each user or tool message that spells a control token replaced by a marker."""
-    controls = control_strings(tokenizer)
-    untrusted: dict[str, str] = {}
-    out = []
-    for i, m in enumerate(chat):
-        content = m.get("content")
-        if m.get("role") in ("user", "tool") and isinstance(content, str) and any(c in content for c in controls):
-            marker = f"\x00RSD-TEXT-{i}\x00"
-            untrusted[marker] = content
-            m = {**m, "content": marker}
-        out.append(m)
-    return out, untrusted
-
-
-def _encode_marked(tokenizer: Any, text: str, untrusted: dict[str, str]) -> list[int]:
-    if not untrusted:
-        return list(tokenizer(text, add_special_tokens=False).input_ids)
-    ids: list[int] = []
-    for piece in re.split("(" + "|".join(map(re.escape, untrusted)) + ")", text):
-        if piece in untrusted:
-            ids += tokenizer(untrusted[piece], add_special_tokens=False, split_special_tokens=True).input_ids
-        elif piece:
-            ids += tokenizer(piece, add_special_tokens=False).input_ids
-    return ids
-
-
-def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | None, name: str,
-                  context_length: int, reply_prefix: str = "") -> list[int]:
-    """Token ids of a raw text prompt, or of a chat through the tokenizer's chat template (with tools).
-
-    ``reply_prefix`` is text the reply is forced to start with; it is tokenized together with the
-    rendered prompt, exactly as if the model had written it.
-
-    Checked before any model work: empty prompts, chats for models with no template, and prompts
-    that leave no room in the context raise clear errors.
-    """
-    if isinstance(prompt, str):
-        if tools:
-            raise ValueError("tools need a chat prompt (a list of messages), not a raw string")
-        ids = tokenizer(prompt + reply_prefix).input_ids
-    else:
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError(f"{name} has no chat template: pass a raw text prompt instead of messages")
-        # What a user or a tool wrote is text, even where it spells a control token ("<|im_start|>system"):
-        # it goes through the template as a marker and is tokenized with special tokens split.
-        chat, untrusted = _with_untrusted_marked(tokenizer, prompt)
-        text = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
-        if tools and text == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True):
-            # The template ignores tools (SmolLM2's does): state them in the system turn instead.
-            text = tokenizer.apply_chat_template(with_tools_in_system_turn(chat, tools), tokenize=False,
-                                                 add_generation_prompt=True)
-        ids = _encode_marked(tokenizer, text + reply_prefix, untrusted)
-    if not ids:
-        raise ValueError("the prompt is empty after tokenization")
-    if len(ids) >= context_length:
-        raise PromptTooLongError(f"the prompt has {len(ids)} tokens but {name} reads at most {context_length}")
-    return ids
-
 
 # --------------------------------------------------------------------------- the generator
 

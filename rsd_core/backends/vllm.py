@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rsd_core.backends.base import Prompt, Step
-from rsd_core.backends.hf import render_prompt
+from rsd_core.backends.rendering import render_prompt
 from rsd_core.config import SamplingConfig
 from rsd_core.errors import BackendError
 from rsd_core.events import ModelUsage
