@@ -129,3 +129,21 @@ def test_a_hub_id_missing_from_the_offline_cache_says_so(hub, tmp_path):
                                          "load_reward_model('Nobody/no-such-prm')"], tmp_path)
     assert r.returncode != 0
     assert "not in the hub cache" in r.stderr and "Nobody/no-such-prm" in r.stderr
+
+
+def test_without_a_reachable_hub_hub_ids_come_from_the_cache_at_once(hub, tmp_path):
+    """HF_HUB_OFFLINE unset and the hub's endpoint closed: a cached id loads from the cache, a missing
+    one fails with the hint, and neither goes through huggingface_hub's retries."""
+    env = {k: v for k, v in hub["env"].items() if k != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": "http://127.0.0.1:9"}
+    script = ("from rsd_core.rewards import load_reward_model\n"
+              "rm = load_reward_model('Qwen/Qwen2.5-Math-PRM-7B')\n"
+              "rm.start(0, [{'role': 'user', 'content': '1 + 1?'}])\n"
+              "print('reward', rm.score([0], ['1 + 1 = 2\\n\\n'])[0])\n"
+              "load_reward_model('Nobody/no-such-prm')\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert "reward " in r.stdout, r.stderr[-2000:]
+    assert r.returncode != 0 and "Nobody/no-such-prm" in r.stderr and "cannot be reached" in r.stderr
+    assert "to skip the check" in r.stderr  # it looked in the cache only: the hub was found unreachable first
+    assert "Retry" not in r.stderr and "retry" not in r.stderr.lower().replace("retries", "")
+

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,32 @@ def canonical_name(name_or_path: str) -> str:
     return str(local.resolve()) if local.exists() else name_or_path
 
 
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=4)
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def hub_unreachable() -> bool:
+    """The hub's endpoint cannot be reached (checked once per process, a few seconds at most): hub ids
+    then come from the cache alone, instead of a minute of retries before the same answer."""
+    if hub_offline():
+        return False
+    from huggingface_hub import constants
+
+    return not _reachable(constants.ENDPOINT)
+
+
 def metadata_dir(name_or_path: str, revision: str | None = None) -> Path:
     """A folder holding the checkpoint's config and tokenizer files: the path itself, or its hub snapshot."""
     local = Path(name_or_path).expanduser()
@@ -45,13 +74,18 @@ def metadata_dir(name_or_path: str, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    unreachable = hub_unreachable()
     try:
-        return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=METADATA_PATTERNS))
+        return Path(snapshot_download(name_or_path, revision=revision, allow_patterns=METADATA_PATTERNS,
+                                      local_files_only=unreachable))
     except LocalEntryNotFoundError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-        hint = ("it is not in the hub cache (HF_HUB_OFFLINE is set)" if offline else
-                "the hub cannot be reached and it is not in the hub cache; set HF_HUB_OFFLINE=1 to fail fast")
-        raise ModelLoadError(f"cannot find checkpoint {name_or_path!r}: {hint} ({e})") from None
+        if hub_offline():
+            hint = f"it is not in the hub cache (HF_HUB_OFFLINE is set) ({e})"
+        elif unreachable:
+            hint = "the hub cannot be reached and it is not in the hub cache; set HF_HUB_OFFLINE=1 to skip the check"
+        else:
+            hint = f"the hub cannot be reached and it is not in the hub cache; set HF_HUB_OFFLINE=1 to fail fast ({e})"
+        raise ModelLoadError(f"cannot find checkpoint {name_or_path!r}: {hint}") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise ModelLoadError(f"cannot find checkpoint {name_or_path!r} on the hub: {e}") from None
 

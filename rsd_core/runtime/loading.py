@@ -21,7 +21,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from rsd_core.errors import ModelLoadError
-from rsd_core.runtime.checkpoints import config_in, metadata_dir, needs_sentencepiece
+from rsd_core.runtime.checkpoints import config_in, hub_unreachable, metadata_dir, needs_sentencepiece
 from rsd_core.runtime.templates import check_chat_template
 
 LOAD_OPTIONS = ("device_map", "dtype", "trust_remote_code", "revision")
@@ -192,6 +192,8 @@ def load_pretrained(
         require_gguf(shown)
     else:
         folder = metadata_dir(name_or_path, revision)  # a missing local path fails here, never tried on the hub
+        if not local.exists() and hub_unreachable():
+            kwargs.setdefault("local_files_only", True)  # the cache only: no retries against a hub that is not there
         require_sentencepiece(shown, folder)
         check_config_sizes(shown, config_in(folder, shown))
     try:
