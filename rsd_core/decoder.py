@@ -230,10 +230,13 @@ class RewardGuidedDecoder:
         trust_remote_code: bool = False,
         reward_type: str | None = None,
         reward_options: dict[str, Any] | None = None,
+        engine: Literal["auto", "native", "fast", "transformers"] = "auto",
     ) -> RewardGuidedDecoder:
         """Load the three models by hub id or local path, as transformers does.
 
         With nothing named, the embedded toy trio that ships in the package (CPU, no download).
+        ``engine``: how draft and target decode (``HFGenerator``'s ``engine``; ``native`` runs RSD without
+        lockstep rounds on a GPU too, where ``auto`` picks the CUDA-graph path).
         ``reward_options`` go to the reward family's format (``step_token="\n\n"`` for Skywork's PRM
         as the RSD paper ran it, ``system_prompt=...`` for a step-tag PRM; see docs/reward-models.md).
         """
@@ -252,10 +255,11 @@ class RewardGuidedDecoder:
             reward = canonical_name(reward)
         kw = {"device_map": device_map, "dtype": dtype, "trust_remote_code": trust_remote_code}
         cfg = config or RSDConfig()
-        d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, **kw)
+        d = HFGenerator.from_pretrained(draft, step_delimiters=cfg.step_delimiters, engine=engine, **kw)
         # The same checkpoint as draft and target is loaded once: two generators (two sets of caches), one model.
-        t = HFGenerator(d.model, d.tokenizer, name=target, step_delimiters=cfg.step_delimiters) if target == draft \
-            else HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters, **kw)
+        t = HFGenerator(d.model, d.tokenizer, name=target, step_delimiters=cfg.step_delimiters, engine=engine) \
+            if target == draft else HFGenerator.from_pretrained(target, step_delimiters=cfg.step_delimiters,
+                                                                engine=engine, **kw)
         if reward_type == "llm_judge" and reward == target:  # the loaded target judges: no third model
             from rsd_core.rewards import JudgeFormat, LLMJudge
 

@@ -408,3 +408,13 @@ def test_a_causal_lm_prm_reads_its_steps_on_the_native_engine(toy):
     assert got == pytest.approx(plain.score_solution(conv, steps), rel=1e-4, abs=1e-6)
     prm.release([900])
     plain.release([901])
+
+
+def test_from_pretrained_takes_the_engine_and_refuses_an_unknown_one():
+    from rsd_core.toy import toy_model_paths
+
+    p = toy_model_paths()
+    dec = RewardGuidedDecoder.from_pretrained(p["draft"], p["target"], p["prm"], engine="transformers")
+    assert dec.draft.engine == dec.target.engine == "transformers"
+    with pytest.raises(ValueError, match="engine='bogus'"):
+        RewardGuidedDecoder.from_pretrained(p["draft"], p["target"], p["prm"], engine="bogus")

@@ -42,6 +42,8 @@ Engine = Literal["auto", "native", "fast", "transformers"]
 def pick_engine(model: PreTrainedModel, engine: Engine, fast: bool | None, max_len: int) -> Engine:
     """``auto``: the native engine for the Llama family off CUDA, the CUDA-graph path on CUDA where it
     applies, transformers' own forward otherwise. ``fast`` (the older switch) still picks the CUDA-graph path."""
+    if engine not in ("auto", "native", "fast", "transformers"):
+        raise ValueError(f"engine={engine!r}: use 'auto', 'native', 'fast' or 'transformers'")
     if fast is not None and engine == "auto":
         return "fast" if fast else "transformers"
     if engine == "native":
