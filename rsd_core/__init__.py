@@ -6,6 +6,7 @@ Example:
     >>> dec.generate(["Ann has 12 apples. She buys 5 more. How many apples does Ann have now?"])  # doctest: +SKIP
 """
 
+from rsd_core.accounting import GenerationStats, ModelUsage
 from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import (
@@ -20,7 +21,7 @@ from rsd_core.errors import (
     RSDError,
     UnknownRewardModelError,
 )
-from rsd_core.events import GenerationStats, ModelUsage, RSDResult, SequenceError, StepEvent, TargetInvocationEvent
+from rsd_core.events import RSDResult, SequenceError, StepEvent, TargetInvocationEvent
 from rsd_core.rewards import FunctionReward, RewardModel, load_reward_model
 from rsd_core.weighting import Weighting
 

@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import torch
 
-from rsd_core.accounting import FlopCounter
+from rsd_core.accounting import FlopCounter, GenerationStats, ModelUsage
 from rsd_core.backends.base import Prompt
 from rsd_core.config import RSDConfig, SamplingConfig
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.events import FinishReason, GenerationStats, ModelUsage, RSDResult
+from rsd_core.events import FinishReason, RSDResult
 
 Aggregate = Literal["min", "prod", "last", "mean"]
 DEFAULT_SAMPLING = SamplingConfig(temperature=0.7, top_p=0.95)

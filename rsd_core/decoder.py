@@ -32,13 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from rsd_core.accounting import GenerationStats
 from rsd_core.backends.base import Generator, Prompt, Step
 from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
 from rsd_core.errors import InvalidPromptError, ModelRunError, PromptTooLongError, RewardValueError, RSDError
 from rsd_core.events import (
     FinishReason,
-    GenerationStats,
     RSDResult,
     SequenceError,
     StepEvent,

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from rsd_core.accounting import GenerationStats, ModelUsage  # noqa: F401  (the records live beside the FLOP counter)
+
 Source = Literal["draft", "target"]
 
 
@@ -61,87 +63,6 @@ class TargetInvocationEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class ModelUsage:
-    """Work done by one model for one sequence."""
-
-    prefill_tokens: int = 0  # tokens read that the model did not write itself (prompt, handed-over steps)
-    decode_tokens: int = 0  # tokens the model generated, kept or rolled back
-    flops: float = 0.0  # the full count: every token read or written, prompt and attention included
-    # The paper's count: 2·N per token the model generated (for a PRM: per step token it scored);
-    # no prompt, no attention term.
-    paper_flops: float = 0.0
-    calls: int = 0  # batched forward passes this sequence took part in
-
-    def add(self, other: ModelUsage) -> None:
-        self.prefill_tokens += other.prefill_tokens
-        self.decode_tokens += other.decode_tokens
-        self.flops += other.flops
-        self.paper_flops += other.paper_flops
-        self.calls += other.calls
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class GenerationStats:
-    """Counts for one sequence (or, summed with ``merge``, for many)."""
-
-    draft_steps: int = 0  # draft steps proposed and judged
-    accepted_draft_steps: int = 0
-    target_steps: int = 0
-    target_invocations: int = 0
-    # The target's rewrites of rejected steps: how many, their forward passes, and the tokens each kept
-    # from the rejected step it was given to verify (``RSDConfig.speculative_rewrite``).
-    rewritten_steps: int = 0
-    rewrite_forwards: int = 0
-    speculated_tokens: int = 0
-    draft: ModelUsage = field(default_factory=ModelUsage)
-    target: ModelUsage = field(default_factory=ModelUsage)
-    reward: ModelUsage = field(default_factory=ModelUsage)
-    wall_time_s: float = 0.0
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        """Accepted draft steps / judged draft steps (None when the draft never proposed)."""
-        return self.accepted_draft_steps / self.draft_steps if self.draft_steps else None
-
-    @property
-    def forwards_per_rewrite(self) -> float | None:
-        """Target forward passes per rewritten step (None without rewrites or where not counted)."""
-        return self.rewrite_forwards / self.rewritten_steps if self.rewritten_steps and self.rewrite_forwards else None
-
-    @property
-    def total_flops(self) -> float:
-        return self.draft.flops + self.target.flops + self.reward.flops
-
-    @property
-    def total_paper_flops(self) -> float:
-        return self.draft.paper_flops + self.target.paper_flops + self.reward.paper_flops
-
-    def merge(self, other: GenerationStats) -> None:
-        self.draft_steps += other.draft_steps
-        self.accepted_draft_steps += other.accepted_draft_steps
-        self.target_steps += other.target_steps
-        self.target_invocations += other.target_invocations
-        self.rewritten_steps += other.rewritten_steps
-        self.rewrite_forwards += other.rewrite_forwards
-        self.speculated_tokens += other.speculated_tokens
-        self.draft.add(other.draft)
-        self.target.add(other.target)
-        self.reward.add(other.reward)
-        self.wall_time_s = max(self.wall_time_s, other.wall_time_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["acceptance_rate"] = self.acceptance_rate
-        d["forwards_per_rewrite"] = self.forwards_per_rewrite
-        d["total_flops"] = self.total_flops
-        d["total_paper_flops"] = self.total_paper_flops
-        return d
 
 
 FinishReason = Literal["eos", "stop", "max_new_tokens", "max_steps"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rsd_core.accounting import ModelUsage
 from rsd_core.config import SamplingConfig
-from rsd_core.events import ModelUsage
 
 if TYPE_CHECKING:
     from rsd_core.constraints import Cursor

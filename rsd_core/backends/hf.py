@@ -19,13 +19,13 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from rsd_core.accounting import ModelUsage
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
 from rsd_core.backends.rendering import context_length, eos_token_ids, render_prompt
 from rsd_core.backends.speculation import verify
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows, Cursor
-from rsd_core.events import ModelUsage
 from rsd_core.runtime.cached_model import CachedModel, StepBoundary, embedding_weight
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 from rsd_core.runtime.native_engine import NativeCachedModel, native_unsupported

@@ -25,11 +25,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from rsd_core.accounting import ModelUsage
 from rsd_core.backends.base import Prompt, Step
 from rsd_core.backends.rendering import render_prompt
 from rsd_core.config import SamplingConfig
 from rsd_core.errors import BackendError
-from rsd_core.events import ModelUsage
 from rsd_core.runtime.served import (
     RemoteSeq,
     SequenceBook,

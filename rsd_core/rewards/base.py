@@ -12,8 +12,8 @@ import numbers
 from abc import ABC, abstractmethod
 from typing import Any
 
+from rsd_core.accounting import ModelUsage
 from rsd_core.errors import RewardValueError
-from rsd_core.events import ModelUsage
 
 Conversation = list[dict[str, Any]]
 

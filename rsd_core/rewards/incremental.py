@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM
 
-from rsd_core.events import ModelUsage
+from rsd_core.accounting import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel
 from rsd_core.rewards.format import PRMFormat
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from transformers import AutoModelForCausalLM
 
-from rsd_core.events import ModelUsage
+from rsd_core.accounting import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel, question_of
 from rsd_core.runtime.loading import load_pretrained, pop_load_kwargs
 from rsd_core.runtime.native_engine import scorer_cache

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from rsd_core.accounting import ModelUsage
 from rsd_core.errors import BackendError, UnknownRewardModelError
-from rsd_core.events import ModelUsage
 from rsd_core.rewards.base import Conversation, RewardModel
 from rsd_core.rewards.likelihood import LikelihoodFormat
 from rsd_core.rewards.step_tag import StepTagFormat

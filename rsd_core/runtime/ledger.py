@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rsd_core.events import ModelUsage
+from rsd_core.accounting import ModelUsage
 
 
 @dataclass
