@@ -202,21 +202,26 @@ def check_fast_matches_plain(model, tok) -> dict[str, Any]:
     return {"tokens": len(out["fast"]), "identical_prefix": same}
 
 
-def run_rsd(dec: RewardGuidedDecoder, prompts: list[str], alpha: float | None) -> dict[str, Any]:
-    cfg = RSDConfig(threshold=1.0 if alpha is None else 0.5, max_step_tokens=STEP, max_steps=STEPS,
-                    max_new_tokens=STEP * STEPS, step_delimiters=["\x00\x01\x02"])
-    if alpha is not None:
-        dec.reward = AlphaReward(dec.reward.prm, alpha, seed=1)
+def timed_run(dec: RewardGuidedDecoder, prompts: list[str], cfg: RSDConfig, alpha: float | None) -> tuple[list[Any], dict[str, Any]]:
+    """One timed ``generate`` (device synced on both sides) and the figures every RSD table reports."""
     sync()
     t = time.perf_counter()
     res = dec.generate(prompts, config=cfg)
     sync()
     wall = time.perf_counter() - t
     judged = sum(r.stats.draft_steps for r in res)
-    return {"alpha": alpha, "batch": len(prompts), "wall_s": wall, "problems_per_s": len(prompts) / wall,
-            "acceptance": (sum(r.stats.accepted_draft_steps for r in res) / judged) if judged else None,
-            "target_decode_tokens": sum(r.stats.target.decode_tokens for r in res),
-            "tokens_out": sum(r.num_output_tokens for r in res)}
+    return res, {"alpha": alpha, "batch": len(prompts), "wall_s": wall, "problems_per_s": len(prompts) / wall,
+                 "acceptance": (sum(r.stats.accepted_draft_steps for r in res) / judged) if judged else None,
+                 "tokens_out": sum(r.num_output_tokens for r in res)}
+
+
+def run_rsd(dec: RewardGuidedDecoder, prompts: list[str], alpha: float | None) -> dict[str, Any]:
+    cfg = RSDConfig(threshold=1.0 if alpha is None else 0.5, max_step_tokens=STEP, max_steps=STEPS,
+                    max_new_tokens=STEP * STEPS, step_delimiters=["\x00\x01\x02"])
+    if alpha is not None:
+        dec.reward = AlphaReward(dec.reward.prm, alpha, seed=1)
+    res, row = timed_run(dec, prompts, cfg, alpha)
+    return row | {"target_decode_tokens": sum(r.stats.target.decode_tokens for r in res)}
 
 
 def run_scheduled(dec: RewardGuidedDecoder, prm: Any, prompts: list[str], alpha: float | None,
@@ -231,18 +236,10 @@ def run_scheduled(dec: RewardGuidedDecoder, prm: Any, prompts: list[str], alpha:
     models = {"draft": dec.draft.cached, "target": dec.target.cached}
     for m in models.values():
         m.forwards = m.forward_rows = 0
-    sync()
-    t = time.perf_counter()
-    res = dec.generate(prompts, config=cfg)
-    sync()
-    wall = time.perf_counter() - t
-    judged = sum(r.stats.draft_steps for r in res)
-    return {"alpha": alpha, "batch": len(prompts), "scheduler": cfg.scheduler, "wall_s": wall,
-            "problems_per_s": len(prompts) / wall,
-            "acceptance": (sum(r.stats.accepted_draft_steps for r in res) / judged) if judged else None,
-            "steps": sum(len(r.accepted_steps) for r in res), "tokens_out": sum(r.num_output_tokens for r in res),
-            **{f"{k}_forwards": m.forwards for k, m in models.items()},
-            **{f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()}}
+    res, row = timed_run(dec, prompts, cfg, alpha)
+    return row | {"scheduler": cfg.scheduler, "steps": sum(len(r.accepted_steps) for r in res),
+                  **{f"{k}_forwards": m.forwards for k, m in models.items()},
+                  **{f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()}}
 
 
 def main() -> int:

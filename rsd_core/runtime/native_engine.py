@@ -171,13 +171,14 @@ class NativeCachedModel(Ledgers):
         while active:
             drawn: list[torch.Tensor] = []
             tok = sample_next(full[:, :limit], sampling, draws, drawn if keep_probs else None)
-            live = [False] * B
-            for i in active:
-                live[i] = True
-            if constrained is not None and constrained.rows:
-                tok = constrained.pick(full[:, :limit], tok, live, sampling, draws)
-            if draws is not None:  # a row's stream moves only with its own draws
-                draws.advance(torch.tensor(live, device=dev))
+            if (constrained is not None and constrained.rows) or draws is not None:
+                live = [False] * B
+                for i in active:
+                    live[i] = True
+                if constrained is not None and constrained.rows:
+                    tok = constrained.pick(full[:, :limit], tok, live, sampling, draws)
+                if draws is not None:  # a row's stream moves only with its own draws
+                    draws.advance(torch.tensor(live, device=dev))
             step_end, is_eos = boundary.ends(prev, tok)
             prev = tok
             tok_l, end_l, eos_l = tok.tolist(), step_end.tolist(), is_eos.tolist()
