@@ -24,7 +24,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rsd_core import RewardGuidedDecoder, RSDConfig
-from rsd_core.constraints import Grammar
+from rsd_core.tool_format import HERMES
 from rsd_core.toy import toy_model_paths
 from rsd_core.toy.task import make_problems
 from rsd_core.toy.tool_use import _described_call, _named_call, _schema_fill, _tool_result, make_react_lesson
@@ -55,9 +55,9 @@ def main() -> None:
     def under_grammar(messages, tools, forced: str | None) -> str:
         """``forced=None``: the tools offered (auto); else a forced call starting with ``forced``."""
         if forced is None:
-            prefix, grammar = "", Grammar.text_and_calls(tools)
+            prefix, grammar = "", HERMES.text_grammar(tools)
         else:
-            prefix, grammar = forced or '<tool_call>{"name": "', Grammar.tool_calls(tools)
+            prefix, grammar = forced or '<tool_call>{"name": "', HERMES.call_grammar(tools)
         return dec.generate([messages], tools=tools, reply_prefix=prefix, grammar=grammar)[0].text
 
     rng = random.Random(HELD_OUT_SEED)

@@ -3,20 +3,18 @@
 A ``Grammar`` is a small nondeterministic automaton over bytes (so it fits every tokenizer) built
 from JSON-schema pieces: literals (keys, quotes, brackets, the call tags) are the only bytes
 allowed where they stand, and values are the model's own, held to their type (a string's content,
-an integer's digits, one of an enum's options). ``Grammar.tool_calls`` is a forced call (the whole
-reply is one call); ``Grammar.text_and_calls`` is free text in which every call the model starts
-must be valid. While a sequence is constrained, each new token is the model's own pick when the
+an integer's digits, one of an enum's options). A tool-call format builds its grammars from these
+nodes (``rsd_core.tool_format``: a forced call, or free text in which every call the model starts
+must be valid). While a sequence is constrained, each new token is the model's own pick when the
 automaton accepts it, else its most likely allowed token (or one sampled among the most likely
 allowed ones); once the grammar is complete, only end-of-sequence is.
 
 Example:
-    >>> g = Grammar.tool_calls([{"name": "square", "parameters": {
-    ...     "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}])
-    >>> c = g.cursor()
-    >>> c = c.feed('<tool_call>{"name": "square", "arguments": {"x": 1'.encode())
+    >>> g = Grammar(Concat((Exact(b'{"x": '), schema_node({"type": "integer"}), Exact(b"}"))))
+    >>> c = g.cursor().feed(b'{"x": 1')
     >>> c is not None and not c.accepting
     True
-    >>> c.feed(b'2}}</tool_call>').accepting, c.feed(b'"') is None
+    >>> c.feed(b'2}').accepting, c.feed(b'"') is None
     (True, True)
 """
 
@@ -348,51 +346,12 @@ class Grammar:
 
     node: Node
 
-    @classmethod
-    def tool_calls(cls, tools: list[dict[str, Any]], opening: str = "<tool_call>",
-                   closing: str | None = None) -> Grammar:
-        """One ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` to one of ``tools``
-        (OpenAI-style schemas), with arguments that fit the tool's parameters.
-
-        Raises ``UnsupportedSchema`` when a tool's parameters cannot be expressed.
-        """
-        if not tools:
-            raise ValueError("no tools to call")
-        closing = closing if closing is not None else ("\n" if opening.endswith("\n") else "") + "</tool_call>"
-        return cls(_one_of([_call(t, (_lit(opening),), (_lit("}" + closing),)) for t in tools]))
-
-    @classmethod
-    def text_and_calls(cls, tools: list[dict[str, Any]], opening: str = "<tool_call>") -> Grammar:
-        """Free text, in which each ``<tool_call>`` the model starts must be a call to one of ``tools``
-        with arguments that fit its parameters (the model decides whether to call; ``tool_choice="auto"``).
-
-        The newline Qwen-style templates put after the opening tag and before the closing one is
-        optional. Raises ``UnsupportedSchema`` when a tool's parameters cannot be expressed.
-        """
-        if not tools:
-            raise ValueError("no tools to call")
-        newline = Choice((Exact(b""), Exact(b"\n")))
-        calls = [_call(t, (newline,), (_lit("}"), newline, _lit("</tool_call>"))) for t in tools]
-        return cls(TextWithCalls(opening.rstrip("\n").encode(), _one_of(calls)))
-
     def cursor(self) -> Cursor:
         return Cursor(self.node, frozenset(self.node.first()))
 
     def after(self, text: str) -> Cursor | None:
         """The cursor after ``text`` (the reply so far), or None if ``text`` left the grammar."""
         return self.cursor().feed(text.encode())
-
-
-def _call(tool: dict[str, Any], before: tuple[Node, ...], after: tuple[Node, ...]) -> Concat:
-    """``{"name": "<tool>", "arguments": {...}`` for one OpenAI-style tool, between ``before`` and ``after``."""
-    fn = tool.get("function", tool)
-    params = fn.get("parameters") or {"type": "object", "properties": {}}
-    head = _lit('{"name": ' + json.dumps(fn["name"], ensure_ascii=False) + ', "arguments": ')
-    return Concat((*before, head, object_node(params), *after))
-
-
-def _one_of(nodes: list[Concat]) -> Node:
-    return nodes[0] if len(nodes) == 1 else Choice(tuple(nodes))
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from rsd_core.messages import check_text, validate_messages
 from rsd_core.rewards import RewardModel, load_reward_model
 from rsd_core.rewards.base import checked_rewards
 from rsd_core.sampling import stream_key
+from rsd_core.tool_format import ToolCallFormat, tool_format_for
 from rsd_core.weighting import Weighting
 
 Mode = Literal["rsd", "draft", "target"]
@@ -184,6 +185,16 @@ class RewardGuidedDecoder:
         self._lock = threading.RLock()  # one run at a time per decoder: models and RNGs are shared
         self._close_hooks: list[Callable[[], None]] = []
         self.closed = False
+
+    @property
+    def tool_format(self) -> ToolCallFormat:
+        """How the target writes tool calls (read from its chat template): tags, forced start, grammar, parser.
+
+        Example:
+            >>> plan = dec.tool_format.plan(tools, tool_choice="any")   # doctest: +SKIP
+            >>> dec.generate([chat], tools=plan.tools, reply_prefix=plan.reply_prefix, grammar=plan.grammar)  # doctest: +SKIP
+        """
+        return tool_format_for(self.target.tokenizer)
 
     # ------------------------------------------------------------------ lifetime
     def on_close(self, hook: Callable[[], None]) -> None:
@@ -335,7 +346,8 @@ class RewardGuidedDecoder:
 
         ``grammar``: a ``rsd_core.constraints.Grammar`` every reply (``reply_prefix`` included) must
         follow; draft and target alike write only tokens it allows, and end when it is complete
-        (e.g. ``Grammar.tool_calls(tools)``: one call whose arguments fit the tool's schema).
+        (e.g. ``dec.tool_format.plan(tools, "any")``'s grammar, with its ``reply_prefix``: one call
+        whose arguments fit the tool's schema).
         Local (transformers) models apply it; models behind vLLM servers ignore it.
 
         ``arrivals``: more prompts that join the batch while it runs, as slots free up (``Arrivals``);

@@ -52,19 +52,3 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     if not any((m.get("content") or "").strip() or m.get("tool_calls") for m in messages):
         raise InvalidPromptError("the prompt is empty: no message has any text")
     return messages
-
-
-def with_tools_in_system_turn(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For chat templates that ignore ``tools``: describe them, and the call format, in the system turn.
-
-    The format is the one the integrations parse: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
-    """
-    import json
-
-    lines = ["You can call these tools. To call one, reply with",
-             '<tool_call>{"name": <tool name>, "arguments": <arguments as a JSON object>}</tool_call>', "Tools:"]
-    lines += [json.dumps(t.get("function", t)) for t in tools]
-    text = "\n".join(lines)
-    if messages and messages[0].get("role") == "system":
-        return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{text}"}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]

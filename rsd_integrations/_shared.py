@@ -23,11 +23,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from rsd_core.config import RSDConfig, WeightingName
-from rsd_core.constraints import Grammar, UnsupportedSchema
+from rsd_core.constraints import Grammar
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult, SequenceError
-from rsd_integrations.chat_format import call_opening, check_tool_names, forced_reply, tool_names
 
 
 @dataclass(frozen=True)
@@ -188,34 +187,8 @@ def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
         return sched
 
 
-def tool_choice_request(dec: RewardGuidedDecoder, tools: list[dict[str, Any]] | None,
-                        tool_choice: Any) -> tuple[list[dict[str, Any]] | None, str, Grammar | None]:
-    """The tools to offer, and the forced reply start and grammar that make ``tool_choice`` hold.
-
-    ``"none"`` offers no tools. ``"any"``/``"required"``/a name force the reply to be one tool call
-    (in the target's own call format): the call's keys and brackets are written for the model, which
-    writes the name and each argument's value, held to the tool's schema. ``"auto"`` (the default)
-    lets the model write text, and holds any call it starts to the same grammar, so neither draft nor
-    target can write a call that does not parse or names a tool that is not offered. A schema the
-    grammar cannot express (``rsd_core.constraints``) leaves the calls unconstrained.
-    """
-    if not tools or tool_choice == "none":
-        if tool_choice not in (None, "auto", "none", False):
-            raise ValueError(f"tool_choice={tool_choice!r} but no tools are bound")
-        return None, "", None
-    check_tool_names(tools)
-    opening = call_opening(dec.target.tokenizer)
-    prefix = forced_reply(tool_names(tools), tool_choice, opening)
-    called = [t for t in tools if prefix and prefix.startswith(forced_reply(tool_names([t]), "any", opening))]
-    try:
-        grammar = Grammar.tool_calls(called or tools, opening) if prefix else Grammar.text_and_calls(tools, opening)
-    except UnsupportedSchema:
-        grammar = None
-    return tools, prefix, grammar
-
-
 def offered_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The tools a call offers (so ``<tool_call>`` output is parsed into calls): none with ``"none"``."""
+    """The tools a call offers (so calls in the output are parsed): none with ``tool_choice="none"``."""
     return (kwargs.get("tools") or None) if kwargs.get("tool_choice") != "none" else None
 
 

@@ -51,6 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
+from rsd_core.messages import validate_messages
+from rsd_core.tool_format import check_tool_binding
 from rsd_integrations._shared import (
     ClosesItsDecoder,
     ModelSpec,
@@ -59,9 +61,7 @@ from rsd_integrations._shared import (
     get_decoder,
     get_scheduler,
     offered_tools,
-    tool_choice_request,
 )
-from rsd_integrations.chat_format import ToolCallStreamFilter, check_tool_names, parse_tool_calls, validate_messages
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
 
@@ -243,14 +243,14 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
             raise ValueError(f"this ChatRSD serves {self.model_id!r}, not {kw['model']!r}; make another ChatRSD")
         chat = to_chat_dicts(messages)
         dec = self.get_decoder()
-        tools, prefix, grammar = tool_choice_request(dec, kw.get("tools") or None, kw.get("tool_choice"))
+        plan = dec.tool_format.plan(kw.get("tools") or None, kw.get("tool_choice"))
         stops = stop if stop is not None else self.stop
-        return dec, Request(chat, self.to_config(dec.config, **kw), tools, stops or None, loop, reply_prefix=prefix,
-                            grammar=grammar, timeout=self.timeout)
+        return dec, Request(chat, self.to_config(dec.config, **kw), plan.tools, stops or None, loop,
+                            reply_prefix=plan.reply_prefix, grammar=plan.grammar, timeout=self.timeout)
 
     # ------------------------------------------------------------------ results as messages
     def _message(self, res: RSDResult, tools: list[dict[str, Any]] | None) -> AIMessage:
-        content, calls, bad = parse_tool_calls(res.text, tools) if tools else (res.text, [], [])
+        content, calls, bad = self.get_decoder().tool_format.parse(res.text, tools) if tools else (res.text, [], [])
         return AIMessage(
             content=content,
             tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in calls],
@@ -455,11 +455,7 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
             'multiply'
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
-        check_tool_names(formatted)
-        if tool_choice not in (None, "auto", "none", "any", "required", True, False):
-            from rsd_integrations.chat_format import forced_reply, tool_names
-
-            forced_reply(tool_names(formatted), tool_choice)  # an unknown name fails here, not at invoke
+        check_tool_binding(formatted, tool_choice)  # a bad name or choice fails here, not at invoke
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(self, schema: dict[str, Any] | type, *, include_raw: bool = False,
@@ -503,7 +499,7 @@ class _ChunkStreamer:
 
     def __init__(self, llm: ChatRSD, tools: list[dict[str, Any]] | None):
         self.llm, self.tools = llm, tools
-        self.filter = ToolCallStreamFilter() if tools else None
+        self.filter = llm.get_decoder().tool_format.stream_filter() if tools else None
         self._tok = None
 
     def begin(self, reply_prefix: str) -> None:

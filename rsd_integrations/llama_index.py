@@ -40,6 +40,7 @@ from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
+from rsd_core.messages import validate_messages
 from rsd_integrations._shared import (
     ClosesItsDecoder,
     Request,
@@ -47,9 +48,7 @@ from rsd_integrations._shared import (
     get_decoder,
     get_scheduler,
     offered_tools,
-    tool_choice_request,
 )
-from rsd_integrations.chat_format import ToolCallStreamFilter, parse_tool_calls, validate_messages
 
 dispatcher = get_dispatcher(__name__)
 
@@ -165,15 +164,15 @@ class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
         chat = to_chat_dicts(messages)
         offered = kw.get("tools") or None
-        tools, prefix, grammar = tool_choice_request(self.get_decoder(), offered, kw.get("tool_choice"))
-        req = Request(chat, self._config(**kw), tools, kw.get("stop", self.stop) or None, loop, reply_prefix=prefix,
-                      grammar=grammar)
+        plan = self.get_decoder().tool_format.plan(offered, kw.get("tool_choice"))
+        req = Request(chat, self._config(**kw), plan.tools, kw.get("stop", self.stop) or None, loop,
+                      reply_prefix=plan.reply_prefix, grammar=plan.grammar)
         get_scheduler(self.get_decoder()).submit(req)
         return req, offered_tools(kw)
 
     # ------------------------------------------------------------------ results
     def _response(self, res: RSDResult, tools: list[dict[str, Any]] | None) -> ChatResponse:
-        content, calls, bad = parse_tool_calls(res.text, tools) if tools else (res.text, [], [])
+        content, calls, bad = self.get_decoder().tool_format.parse(res.text, tools) if tools else (res.text, [], [])
         extra: dict[str, Any] = {"rsd": res.stats.to_dict(), "finish_reason": res.finish_reason}
         if calls:
             extra["tool_calls"] = [c.to_dict() for c in calls]
@@ -315,7 +314,7 @@ class _Deltas:
 
     def __init__(self, llm: RSDLLM, span_id: str | None, tools: list[dict[str, Any]] | None, prefix: str = ""):
         self.llm, self.span_id, self.tools = llm, span_id, tools
-        self.text, self.filter = "", ToolCallStreamFilter() if tools else None
+        self.text, self.filter = "", llm.get_decoder().tool_format.stream_filter() if tools else None
         if self.filter is not None:
             self.filter.feed(prefix)  # a forced tool call's opening: part of the reply, not content
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel
 from rsd_core import RewardGuidedDecoder, RSDConfig
 from rsd_core.backends.hf import HFGenerator
 from rsd_core.config import SamplingConfig
-from rsd_core.constraints import Grammar, UnsupportedSchema, object_node, token_bytes
+from rsd_core.constraints import UnsupportedSchema, object_node, token_bytes
+from rsd_core.tool_format import HERMES
 from rsd_core.toy import toy_model_paths
 
 
@@ -57,7 +58,7 @@ def call(name: str, args: dict) -> str:
     call("mixed", {"f": -2, "b": True, "e": 3, "n": "x", "o": "y", "w": None}),
 ])
 def test_grammar_accepts_every_well_formed_call(text):
-    cur = Grammar.tool_calls([SQUARE, CUSTOMER, MIXED]).after(text)
+    cur = HERMES.call_grammar([SQUARE, CUSTOMER, MIXED]).after(text)
     assert cur is not None and cur.accepting and cur.complete
 
 
@@ -77,7 +78,7 @@ def test_grammar_accepts_every_well_formed_call(text):
     ('<tool_call>{"name": "customer", "arguments": {"name": "a\nb"', "a raw newline in a string"),
 ])
 def test_grammar_rejects_what_does_not_fit(text, why):
-    cur = Grammar.tool_calls([SQUARE, CUSTOMER, MIXED]).after(text)
+    cur = HERMES.call_grammar([SQUARE, CUSTOMER, MIXED]).after(text)
     if why.startswith("unclosed"):
         assert cur is not None and not cur.accepting
     else:
@@ -117,7 +118,7 @@ QUESTIONS = ["What is 12 squared? Use the tool.", "Create a customer named Ann i
 @pytest.mark.slow
 def test_every_reply_under_the_grammar_is_a_call_that_fits(toy, threshold, temperature):
     tools = [SQUARE, CUSTOMER, MIXED]
-    grammar = Grammar.tool_calls(tools)
+    grammar = HERMES.call_grammar(tools)
     sampling = SamplingConfig(temperature=temperature)
     cfg = RSDConfig(threshold=threshold, max_new_tokens=400, seed=3, draft_sampling=sampling, target_sampling=sampling)
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
@@ -140,7 +141,7 @@ def test_every_reply_under_the_grammar_is_a_call_that_fits(toy, threshold, tempe
 def test_a_reply_prefix_outside_the_grammar_is_refused(toy):
     with pytest.raises(ValueError, match="does not fit the grammar"):
         toy.generate([[{"role": "user", "content": "hi"}]], tools=[SQUARE], reply_prefix="Sure!",
-                     grammar=Grammar.tool_calls([SQUARE]))
+                     grammar=HERMES.call_grammar([SQUARE]))
 
 
 def test_the_fast_path_picks_the_same_constrained_tokens(toy_paths):
@@ -151,18 +152,18 @@ def test_the_fast_path_picks_the_same_constrained_tokens(toy_paths):
                                HFGenerator.from_pretrained(toy_paths["target"], fast=True, max_len=2048), None,
                                RSDConfig(threshold=1.0))
     prompts = [[{"role": "user", "content": q}] for q in QUESTIONS]
-    kw = {"tools": [SQUARE, MIXED], "reply_prefix": "<tool_call>", "grammar": Grammar.tool_calls([SQUARE, MIXED]),
+    kw = {"tools": [SQUARE, MIXED], "reply_prefix": "<tool_call>", "grammar": HERMES.call_grammar([SQUARE, MIXED]),
           "config": cfg.model_copy(update={"threshold": 1.0})}
     a, b = plain.generate(prompts, **kw), fast.generate(prompts, **kw)
     assert [r.text for r in a] == [r.text for r in b]
-    assert all(Grammar.tool_calls([SQUARE, MIXED]).after(r.text).complete for r in a)
+    assert all(HERMES.call_grammar([SQUARE, MIXED]).after(r.text).complete for r in a)
 
 
 def test_the_caps_on_values_never_leave_a_reply_with_no_way_on():
     """At the caps on string length, digits and array items, the value can still be closed."""
     from rsd_core.constraints import MAX_DIGITS, MAX_ITEMS, MAX_STRING_BYTES
 
-    g = Grammar.tool_calls([SQUARE, CUSTOMER])
+    g = HERMES.call_grammar([SQUARE, CUSTOMER])
     name = g.after('<tool_call>{"name": "customer", "arguments": {"name": "' + "a" * MAX_STRING_BYTES)
     assert name.feed(b"a") is None and name.feed(b'", "tags": [') is not None
     x = g.after('<tool_call>{"name": "square", "arguments": {"x": ' + "1" * MAX_DIGITS)
@@ -170,7 +171,7 @@ def test_the_caps_on_values_never_leave_a_reply_with_no_way_on():
     tags = g.after('<tool_call>{"name": "customer", "arguments": {"name": "a", "tags": ['
                    + ", ".join(['"t"'] * MAX_ITEMS))
     assert tags.feed(b",") is None and tags.feed(b'], "address": {') is not None
-    f = Grammar.tool_calls([MIXED]).after('<tool_call>{"name": "mixed", "arguments": {"f": ' + "1" * (MAX_DIGITS - 2))
+    f = HERMES.call_grammar([MIXED]).after('<tool_call>{"name": "mixed", "arguments": {"f": ' + "1" * (MAX_DIGITS - 2))
     assert f.feed(b".") is None and f.feed(b"e") is None and f.feed(b", ") is not None
 
 
@@ -221,7 +222,7 @@ def object_schema(draw, depth: int = 1):
 @given(object_schema(), st.data())
 def test_fuzzed_schemas_accept_their_values_and_refuse_broken_ones(sv, data):
     schema, args = sv
-    g = Grammar.tool_calls([fn("f", schema)])
+    g = HERMES.call_grammar([fn("f", schema)])
     text = call("f", args)
     cur = g.after(text)
     assert cur is not None and cur.complete, text
@@ -245,7 +246,7 @@ def test_fuzzed_schemas_accept_their_values_and_refuse_broken_ones(sv, data):
 
 @pytest.mark.parametrize("opening", ["<tool_call>", "<tool_call>\n"])
 def test_text_and_calls_lets_text_through_and_holds_every_call(opening):
-    g = Grammar.text_and_calls([SQUARE, MIXED], opening)
+    g = HERMES.for_template(opening + '{{ x }}').text_grammar([SQUARE, MIXED])
     ok = ["", "Just text, with <tool and </tool_call> and {json}.", "Let me look.\n" + call("square", {"x": 3}),
           call("square", {"x": 3}) + "\n" + call("square", {"x": 4}) + "\nDone.",
           '<tool_call>\n{"name": "square", "arguments": {"x": 3}}\n</tool_call>']
@@ -262,7 +263,7 @@ def test_text_and_calls_lets_text_through_and_holds_every_call(opening):
 def test_auto_grammar_keeps_the_toys_own_calls_valid(toy):
     """With tools offered and no call forced, the toy decides; whatever it writes parses, with a real tool."""
     tools = [SQUARE, MIXED]
-    grammar = Grammar.text_and_calls(tools)
+    grammar = HERMES.text_grammar(tools)
     prompts = [[{"role": "user", "content": q}] for q in
                ["What is the value of square(12)? Use the tool.", "Call mixed.", "Ann has 3 apples. She buys 4 more. "
                 "How many apples does Ann have now?"]]

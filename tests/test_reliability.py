@@ -36,8 +36,8 @@ from rsd_core.errors import (
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.messages import validate_messages
 from rsd_core.rewards import arithmetic_reward
+from rsd_core.tool_format import HERMES
 from rsd_integrations._shared import ModelSpec, get_decoder
-from rsd_integrations.chat_format import TOOL_OPEN, ToolCallStreamFilter, parse_tool_calls
 from rsd_integrations.langchain import ChatRSD
 
 FUZZ = int(os.environ.get("RSD_FUZZ_EXAMPLES", "150"))
@@ -183,15 +183,15 @@ CALL_TEXT = st.lists(st.one_of(
 @fuzz
 @given(CALL_TEXT, st.lists(st.integers(1, 7), min_size=1, max_size=20))
 def test_tool_call_outputs_fuzzed(text, cuts):
-    content, calls, bad = parse_tool_calls(text)
+    content, calls, bad = HERMES.parse(text)
     assert isinstance(content, str)
     for c in calls:
         assert isinstance(c.name, str) and isinstance(c.arguments, dict)
     for b in bad:
         assert b.error
     if calls or bad:
-        assert TOOL_OPEN not in content
-    f, out, i = ToolCallStreamFilter(), [], 0
+        assert HERMES.open not in content
+    f, out, i = HERMES.stream_filter(), [], 0
     for n in cuts * (len(text) // max(1, sum(cuts)) + 1):
         if i >= len(text):
             break
@@ -200,8 +200,8 @@ def test_tool_call_outputs_fuzzed(text, cuts):
     out.append(f.feed(text[i:]))
     out.append(f.finish())
     streamed = "".join(out)
-    assert TOOL_OPEN not in streamed
-    if TOOL_OPEN not in text:
+    assert HERMES.open not in streamed
+    if HERMES.open not in text:
         assert streamed == text
 
 

@@ -16,8 +16,8 @@ from transformers import PreTrainedModel
 
 from rsd_core.backends.base import Prompt
 from rsd_core.errors import PromptTooLongError
-from rsd_core.messages import with_tools_in_system_turn
 from rsd_core.runtime.tokens import control_strings
+from rsd_core.tool_format import tool_format_for
 
 __all__ = ["context_length", "eos_token_ids", "render_prompt"]
 
@@ -88,9 +88,9 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
         chat, untrusted = _with_untrusted_marked(tokenizer, prompt)
         text = tokenizer.apply_chat_template(chat, tools=tools, tokenize=False, add_generation_prompt=True)
         if tools and text == tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True):
-            # The template ignores tools (SmolLM2's does): state them in the system turn instead.
-            text = tokenizer.apply_chat_template(with_tools_in_system_turn(chat, tools), tokenize=False,
-                                                 add_generation_prompt=True)
+            # The template ignores tools (SmolLM2's does): state them, and the call format, in the system turn.
+            chat = tool_format_for(tokenizer).with_tools_in_system_turn(chat, tools)
+            text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         ids = _encode_marked(tokenizer, text + reply_prefix, untrusted)
     if not ids:
         raise ValueError("the prompt is empty after tokenization")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rsd_integrations.chat_format import TOOL_OPEN, forced_reply, parse_tool_calls
+from rsd_core.tool_format import HERMES
 from rsd_integrations.langchain import ChatRSD
 
 
@@ -25,7 +25,7 @@ def test_a_non_ascii_tool_name_is_forced_and_parsed(llm):
     msg = llm.bind_tools([tool], tool_choice="天气_查询").invoke("What is the weather in Paris?")
     assert [c["name"] for c in msg.tool_calls] == ["天气_查询"]
     assert isinstance(msg.tool_calls[0]["args"]["city"], str)
-    assert forced_reply(["天气_查询"], "天气_查询").endswith('{"name": "天气_查询", "arguments": ')
+    assert HERMES.plan([tool], "天气_查询").reply_prefix.endswith('{"name": "天气_查询", "arguments": ')
 
 
 @pytest.mark.parametrize("name", ["</tool_call>", "a<tool_call>b", "tab\there", "", "  "])
@@ -36,7 +36,7 @@ def test_names_the_call_format_cannot_carry_are_refused_at_bind_time(llm, name):
 
 def test_a_call_missing_a_required_argument_is_invalid():
     tools = [_tool("tree", {"v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#"}}}, ["v"])]
-    content, calls, bad = parse_tool_calls(TOOL_OPEN + '{"name": "tree", "arguments": {}}</tool_call>', tools)
+    content, calls, bad = HERMES.parse('<tool_call>' + '{"name": "tree", "arguments": {}}</tool_call>', tools)
     assert calls == [] and len(bad) == 1 and "v" in bad[0].error
-    _, calls, bad = parse_tool_calls(TOOL_OPEN + '{"name": "tree", "arguments": {"v": 1}}</tool_call>', tools)
+    _, calls, bad = HERMES.parse('<tool_call>' + '{"name": "tree", "arguments": {"v": 1}}</tool_call>', tools)
     assert [c.arguments for c in calls] == [{"v": 1}] and not bad
