@@ -13,68 +13,36 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rsd_core.config import RSDConfig, SamplingConfig
+from rsd_core.config import RSDConfig
+from rsd_core.options import OptionError, RSDOptions, flag_spelling
+
+if TYPE_CHECKING:
+    from rsd_core.decoder import RewardGuidedDecoder
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models (default: the embedded toy trio)")
-    g.add_argument("--draft", help="draft model id or local path")
-    g.add_argument("--target", help="target model id or local path")
-    g.add_argument("--reward", help="PRM id or local path")
-    g.add_argument("--reward-type", help="reward-model family, when it cannot be detected")
-    g.add_argument("--reward-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the reward family's format, VALUE as JSON or plain text "
-                        "(e.g. step_token='\"\\n\\n\"' for Skywork's PRM as the RSD paper ran it); repeatable")
-    g.add_argument("--device-map", default=None, help="as in transformers (e.g. auto, cuda:0, cpu)")
-    g.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    g.add_argument("--trust-remote-code", action="store_true", help="run code shipped with a checkpoint")
-    c = p.add_argument_group("decoding")
-    c.add_argument("--threshold", "--delta", type=float, default=0.7, help="δ (default 0.7)")
-    c.add_argument("--weighting", default="binary", help="binary, constant, clip, sigmoid or logistic")
-    c.add_argument("--max-new-tokens", type=int, default=1024)
-    c.add_argument("--max-steps", type=int, default=64)
-    c.add_argument("--max-step-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.0, help="for both models (0 = greedy)")
-    c.add_argument("--top-p", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=None)
+    RSDOptions.add_arguments(p, max_tokens=1024)  # the models and decoding flags: RSDOptions' fields
 
 
-def _config(a: argparse.Namespace) -> RSDConfig:
-    s = SamplingConfig(temperature=a.temperature, top_p=a.top_p)
-    return RSDConfig(threshold=a.threshold, weighting=a.weighting, max_new_tokens=a.max_new_tokens,
-                     max_steps=a.max_steps, max_step_tokens=a.max_step_tokens, draft_sampling=s,
-                     target_sampling=s, seed=a.seed)
+def _options(a: argparse.Namespace) -> tuple[RSDOptions, RSDConfig]:
+    """The command's options and the decoder config they give; a bad value names its flag."""
+    opts = RSDOptions.from_arguments(a)
+    try:
+        return opts, opts.to_config(RSDConfig())
+    except OptionError as e:
+        raise e.respelled(flag_spelling) from None
 
 
-def _reward_options(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"rsd: --reward-option takes KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
-
-
-def _decoder(a: argparse.Namespace, cfg: RSDConfig):
-    from rsd_core.decoder import RewardGuidedDecoder
-
-    if (a.draft is None) != (a.target is None):
+def _decoder(opts: RSDOptions, cfg: RSDConfig) -> RewardGuidedDecoder:
+    if (opts.draft_model is None) != (opts.model is None):
         raise ValueError("name both --draft and --target (or neither, for the embedded toy models)")
-    if a.draft is not None and a.reward is None and 0.0 < cfg.threshold < 1.0:
+    if opts.draft_model is not None and opts.reward_model is None and 0.0 < cfg.threshold < 1.0:
         raise ValueError(f"--threshold {cfg.threshold} needs a reward model to judge the draft's steps: name one "
                          "with --reward (and --reward-type if it cannot be detected), or use --threshold 0 "
                          "(draft only) or 1 (target only)")
-
-    return RewardGuidedDecoder.from_pretrained(a.draft, a.target, a.reward, config=cfg, device_map=a.device_map,
-                                               dtype=a.dtype, trust_remote_code=a.trust_remote_code,
-                                               reward_type=a.reward_type,
-                                               reward_options=_reward_options(a.reward_option))
+    return opts.model_spec().load(cfg)
 
 
 def _fmt_flops(x: float) -> str:
@@ -133,7 +101,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     if not prompt.strip():
         print("rsd generate: empty prompt (pass it as an argument or on stdin)", file=sys.stderr)
         return 2
-    dec = _decoder(a, _config(a))
+    dec = _decoder(*_options(a))
     messages = prompt if a.raw else [{"role": "user", "content": prompt}]
     def on_step(e: Any) -> None:
         if hasattr(e, "accepted") and hasattr(e, "source"):
@@ -152,7 +120,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from rsd_core.eval.datasets import load_examples
     from rsd_core.eval.runner import RecordStore, evaluate, expand_methods, markdown_table, parse_method
 
-    cfg = _config(a)
+    opts, cfg = _options(a)
     deltas = [float(d) for d in a.deltas.split(",") if d.strip()] if a.deltas else []
     methods = expand_methods([m for m in a.methods.split(",") if m.strip()], deltas)
     if not methods:
@@ -167,13 +135,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
         path = out / "records.jsonl"
         meta = {"dataset": a.dataset, "data_file": a.data_file, "split": a.split,
                 "fields": [a.question_field, a.answer_field], "prompt_style": a.prompt_style,
-                "models": {"draft": a.draft, "target": a.target, "reward": a.reward, "reward_type": a.reward_type,
-                           "reward_options": _reward_options(a.reward_option)},
+                "models": {"draft": opts.draft_model, "target": opts.model, "reward": opts.reward_model,
+                           "reward_type": opts.reward_type, "reward_options": opts.reward_options},
                 "config": cfg.model_dump(mode="json")}
         records = RecordStore(path, meta, overwrite=a.overwrite)
         if records.records:
             print(f"resuming: {len(records.records)} results already in {path}", file=sys.stderr)
-    dec = _decoder(a, cfg)
+    dec = _decoder(opts, cfg)
     summary = evaluate(dec, examples, methods, config=cfg, batch_size=a.batch_size, progress=not a.no_progress,
                        prompt_style=a.prompt_style, records=records)
     table = markdown_table(summary)
@@ -182,7 +150,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print("rsd eval: nothing saved (pass --out DIR to keep the per-problem records, resume, and plot)",
               file=sys.stderr)
     doc = {"dataset": a.dataset, "n": len(examples), "prompt_style": a.prompt_style,
-           "models": {"draft": a.draft, "target": a.target, "reward": a.reward},
+           "models": {"draft": opts.draft_model, "target": opts.model, "reward": opts.reward_model},
            "config": cfg.model_dump(mode="json"), "methods": list(summary.values())}
     targets = [Path(a.json)] if a.json else []
     if a.out:
@@ -211,20 +179,6 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
-
-
-# RSDConfig's fields by the flags that set them, so a bad value is reported as the user typed it.
-FLAGS = {"threshold": "--threshold", "weighting": "--weighting", "max_new_tokens": "--max-new-tokens",
-         "max_steps": "--max-steps", "max_step_tokens": "--max-step-tokens", "seed": "--seed",
-         "temperature": "--temperature", "top_p": "--top-p"}
-
-
-def _validation_message(e: Any) -> str:
-    parts = []
-    for err in e.errors():
-        field = str(err["loc"][-1]) if err.get("loc") else "?"
-        parts.append(f"{FLAGS.get(field, field)} {err.get('input')!r}: {err['msg'].lower()}")
-    return "; ".join(parts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,13 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rsd {args.cmd}: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as e:  # a clear one-line message instead of a traceback for expected errors
-        from pydantic import ValidationError
-
         from rsd_core.errors import RSDError
 
-        if isinstance(e, ValidationError):
-            print(f"rsd {args.cmd}: {_validation_message(e)}", file=sys.stderr)
-            return 2
         if isinstance(e, (RSDError, FileNotFoundError, KeyError, ValueError, ImportError)):
             print(f"rsd {args.cmd}: {e}", file=sys.stderr)
             return 2

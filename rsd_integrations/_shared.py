@@ -20,35 +20,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from rsd_core.config import RSDConfig, WeightingName
+from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult, SequenceError
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    target: str | None = None
-    draft: str | None = None
-    reward: str | None = None
-    reward_type: str | None = None
-    device_map: str | None = None
-    dtype: str | None = "auto"
-    trust_remote_code: bool = False
-
-
-    def canonical(self) -> ModelSpec:
-        """The same models named one way (local paths resolved), so one checkpoint loads once."""
-        from dataclasses import replace
-
-        from rsd_core.runtime.checkpoints import canonical_name
-
-        return replace(self, **{k: canonical_name(v) for k in ("target", "draft", "reward")
-                                if isinstance(v := getattr(self, k), str)})
-
+from rsd_core.options import ModelSpec
 
 # Decoders loaded from a spec are shared by every client naming the same models (a load is expensive);
 # ``close_decoder`` lets one go. Schedulers are keyed weakly: a decoder the caller built and dropped takes
@@ -95,85 +72,9 @@ def get_decoder(spec: ModelSpec) -> RewardGuidedDecoder:
             if (spec.target is None) != (spec.draft is None):
                 raise ValueError("name both the target (model=) and the draft (draft_model=), or neither for the "
                                  f"embedded toy models; got target={spec.target!r}, draft={spec.draft!r}")
-            dec = RewardGuidedDecoder.from_pretrained(
-                spec.draft, spec.target, spec.reward, device_map=spec.device_map, dtype=spec.dtype,
-                trust_remote_code=spec.trust_remote_code, reward_type=spec.reward_type)
+            dec = spec.load()
             _decoders[spec] = dec
         return dec
-
-
-# The run's options by the names the integrations take them under (LangChain's and LlamaIndex's ``max_tokens``).
-OPTION_NAMES = {"max_new_tokens": "max_tokens", "draft_sampling.temperature": "temperature",
-                "target_sampling.temperature": "temperature", "draft_sampling.top_p": "top_p",
-                "target_sampling.top_p": "top_p"}
-
-
-def run_config(base: RSDConfig, **updates: Any) -> RSDConfig:
-    """``base`` with one call's options applied and validated as the constructors validate them; a bad value
-    is a ``ValueError`` naming the option as the caller passed it (``max_tokens=0``), its value and the rule."""
-    from pydantic import ValidationError
-
-    try:
-        return RSDConfig.model_validate(base.model_dump() | updates)
-    except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise ValueError(f"{OPTION_NAMES.get(field, field)}={err.get('input')!r}: {err['msg'].lower()}") from None
-
-
-class RSDOptions(BaseModel):
-    """The options ``ChatRSD`` and ``RSDLLM`` share: which models, and how each call runs.
-
-    Example:
-        >>> RSDOptions(threshold=0.5).to_config(RSDConfig()).threshold
-        0.5
-    """
-
-    model: str | None = Field(default=None, description="target model id or path (None, with no draft_model: "
-                                                        "the toy trio)")
-    draft_model: str | None = Field(default=None, description="draft model id or path")
-    reward_model: str | None = Field(default=None, description="PRM id or path")
-    reward_type: str | None = Field(default=None, description="the PRM's family, where it cannot be detected")
-    threshold: float = Field(0.7, ge=0.0, le=1.0, description="δ: a draft step scored below it is rewritten")
-    weighting: WeightingName = Field("binary", description="ω: binary, constant, clip, sigmoid or logistic")
-    temperature: float = Field(0.0, ge=0.0, description="sampling of both models (0 = greedy)")
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = Field(default=None, ge=0, le=2**62, description="makes sampling repeatable")
-    max_tokens: int | None = Field(512, ge=1, description="new tokens per reply (None: the decoder's budget)")
-    stop: list[str] | None = None
-    max_steps: int = Field(64, ge=1)
-    max_step_tokens: int = Field(256, ge=1)
-    device_map: str | None = None
-    dtype: str | None = "auto"
-    trust_remote_code: bool = False
-
-    def __init__(self, /, **data: Any) -> None:
-        from pydantic import ValidationError
-
-        try:
-            super().__init__(**data)
-        except ValidationError as e:  # one line that names the option, the value and the rule
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(
-                f"{'.'.join(str(x) for x in err['loc'])}={err.get('input')!r}: {err['msg'].lower()}"
-                for err in e.errors())) from None
-
-    @property
-    def model_id(self) -> str:
-        return self.model or "rsd-toy-target"
-
-    def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.model, self.draft_model, self.reward_model, self.reward_type, self.device_map,
-                         self.dtype, self.trust_remote_code)
-
-    def to_config(self, base: RSDConfig, **call: Any) -> RSDConfig:
-        """``base`` with these options, and one call's (``temperature=``, ``max_tokens=``, ...) over them."""
-        sampling = {"temperature": call.get("temperature", self.temperature), "top_p": call.get("top_p", self.top_p)}
-        max_tokens = call.get("max_tokens", self.max_tokens)
-        return run_config(
-            base, threshold=call.get("threshold", self.threshold), weighting=call.get("weighting", self.weighting),
-            max_new_tokens=base.max_new_tokens if max_tokens is None else max_tokens, max_steps=self.max_steps,
-            max_step_tokens=self.max_step_tokens, draft_sampling=sampling, target_sampling=sampling,
-            seed=call.get("seed", self.seed))
 
 
 def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:

@@ -46,18 +46,17 @@ from langchain_core.runnables.config import (
 )
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field
 
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, ModelRunError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_core.messages import validate_messages
+from rsd_core.options import RSDOptions
 from rsd_core.tool_format import check_tool_binding
 from rsd_integrations._shared import (
     ClosesItsDecoder,
-    ModelSpec,
     Request,
-    RSDOptions,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -178,7 +177,8 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
     Args:
         model: the target model (hub id or local path). None, with ``draft_model`` None, uses the toy trio.
         draft_model: the draft model.
-        reward_model: the PRM (id/path); ``reward_type`` picks its family when it cannot be detected.
+        reward_model: the PRM (id/path); ``reward_type`` picks its family when it cannot be detected,
+            ``reward_options`` are its format's options (``{"step_token": "\\n\\n"}``).
         threshold: δ; weighting: ω (binary, constant, clip, sigmoid, logistic).
         temperature / top_p: sampling for both models (0 = greedy); ``seed`` makes sampling repeatable.
         max_tokens, stop, max_steps, max_step_tokens: budgets and stop strings.
@@ -197,8 +197,6 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
     timeout: float | None = None
     max_retries: int = Field(0, ge=0)
     decoder: RewardGuidedDecoder | None = Field(default=None, exclude=True)
-
-    _spec_cache: ModelSpec | None = PrivateAttr(default=None)
 
     # ------------------------------------------------------------------ LangChain identity
     @property

@@ -41,10 +41,10 @@ from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_core.messages import validate_messages
+from rsd_core.options import RSDOptions
 from rsd_integrations._shared import (
     ClosesItsDecoder,
     Request,
-    RSDOptions,
     get_decoder,
     get_scheduler,
     offered_tools,
@@ -120,7 +120,8 @@ def to_chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
     """Reward-guided speculative decoding behind LlamaIndex's LLM interface.
 
-    The options are ``ChatRSD``'s (``RSDOptions``): ``model`` (target), ``draft_model``, ``reward_model``,
+    The options are ``ChatRSD``'s (``RSDOptions``): ``model`` (target), ``draft_model``, ``reward_model``
+    (``reward_type``, ``reward_options``),
     ``threshold``, ``weighting``, ``temperature``, ``max_tokens``, ``stop``, device and dtype options; or
     ``decoder=`` an already-built ``RewardGuidedDecoder``.
     """

@@ -418,3 +418,52 @@ def test_accuracy_plot_labels_neither_overlap_nor_leave_the_figure():
             for b in boxes[i + 1:]:
                 assert not a.overlaps(b), [t.get_text() for t in ax.texts]
     plt.close(fig)
+
+
+def test_the_cli_flags_are_the_integrations_options(monkeypatch):
+    """One options model: every model and decoding flag of ``rsd`` is an ``RSDOptions`` field, typed,
+    described and validated by it, and reaches the decoder as ``ChatRSD``'s same option does."""
+    from rsd_core import cli
+    from rsd_core.options import CLI_FLAGS, RSDOptions
+    from rsd_integrations.langchain import ChatRSD
+
+    ap = cli.build_parser()
+    gen = ap._subparsers._group_actions[0].choices["generate"]
+    by_dest = {a.dest: a for a in gen._actions}
+    for name, flags in CLI_FLAGS.items():
+        field = RSDOptions.model_fields[name]
+        assert by_dest[name].option_strings == list(flags) and by_dest[name].help, name
+        assert field.description and (field.description in by_dest[name].help or name in ("model", "max_tokens"))
+    argv = ["generate", "x", "--threshold", "0.4", "--weighting", "clip", "--temperature", "0.5", "--top-p", "0.9",
+            "--seed", "7", "--max-steps", "9", "--max-step-tokens", "33", "--max-new-tokens", "77",
+            "--reward-option", 'step_token="\\n\\n"', "--reward-option", "good=yes", "--dtype", "float32"]
+    a = ap.parse_args(argv)
+    opts, cfg = cli._options(a)
+    same = ChatRSD(threshold=0.4, weighting="clip", temperature=0.5, top_p=0.9, seed=7, max_steps=9,
+                   max_step_tokens=33, max_tokens=77, reward_options={"step_token": "\n\n", "good": "yes"},
+                   dtype="float32")
+    assert cfg == same.to_config(cfg.model_copy())
+    assert opts.model_spec() == same.model_spec()
+    assert opts.reward_options == {"step_token": "\n\n", "good": "yes"}
+    assert cli._options(ap.parse_args(["generate", "x"]))[1].max_new_tokens == 1024  # the command's own default
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--top-p", "0"], "--top-p 0.0: input should be greater than 0"),
+    (["--seed", "-1"], "--seed -1: input should be greater than or equal to 0"),
+    (["--max-steps", "0"], "--max-steps 0: input should be greater than or equal to 1"),
+    (["--reward-option", "novalue"], "--reward-option 'novalue': takes KEY=VALUE"),
+])
+def test_a_bad_flag_value_is_named_as_typed_before_any_model_loads(capsys, argv, said):
+    from rsd_core import cli
+
+    assert cli.main(["generate", "x", *argv]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_an_option_the_reward_family_lacks_is_named():
+    from rsd_core.rewards import load_reward_model
+    from rsd_core.toy import toy_model_paths
+
+    with pytest.raises(ValueError, match="'likelihood' reward family .* has no option 'step_token'"):
+        load_reward_model(toy_model_paths()["prm"], step_token="\n")

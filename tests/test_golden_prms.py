@@ -342,12 +342,23 @@ def test_replica_tokenizers_are_the_real_vocabularies(qwen_prm, shepherd):
         assert mistral(text).input_ids == [1] + sp.encode(text)
 
 
-def test_reward_options_reach_the_family_from_the_decoder_and_the_cli(skywork, tiny_paths):
-    from rsd_core import RewardGuidedDecoder
-    from rsd_core.cli import _reward_options
+def test_reward_options_reach_the_family_from_the_decoder_the_cli_and_chat_rsd(skywork, tiny_paths):
+    from rsd_core import RewardGuidedDecoder, cli
+    from rsd_integrations.langchain import ChatRSD
 
-    assert _reward_options(['step_token="\\n\\n"', "system_prompt=plain text"]) == {
-        "step_token": "\n\n", "system_prompt": "plain text"}
-    dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"],
-                                              str(skywork[("1.5B", "bin")]), reward_options={"step_token": "\n\n"})
-    assert dec.reward.format.step_token == "\n\n"
+    prm = str(skywork[("1.5B", "bin")])
+    a = cli.build_parser().parse_args(["generate", "x", "--draft", tiny_paths["draft"], "--target",
+                                       tiny_paths["target"], "--reward", prm, "--reward-option", 'step_token="\\n\\n"',
+                                       "--reward-option", "system_prompt=plain text"])
+    opts, cfg = cli._options(a)
+    assert opts.reward_options == {"step_token": "\n\n", "system_prompt": "plain text"}
+    opts.reward_options.pop("system_prompt")  # not a Skywork option: named as missing below
+    for dec in (RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], prm,
+                                                    reward_options={"step_token": "\n\n"}),
+                cli._decoder(opts, cfg),
+                ChatRSD(model=tiny_paths["target"], draft_model=tiny_paths["draft"], reward_model=prm,
+                        reward_options={"step_token": "\n\n"}).get_decoder()):
+        assert dec.reward.format.step_token == "\n\n"
+    with pytest.raises(ValueError, match="'value_head' reward family .* has no option 'system_prompt'"):
+        RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], prm,
+                                            reward_options={"system_prompt": "x"})

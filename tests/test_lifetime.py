@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from rsd_core import RewardGuidedDecoder
+from rsd_core.options import ModelSpec
 from rsd_core.toy import toy_model_paths
-from rsd_integrations._shared import ModelSpec, get_decoder, get_scheduler
+from rsd_integrations._shared import get_decoder, get_scheduler
 from rsd_integrations.langchain import ChatRSD
 from rsd_integrations.llama_index import RSDLLM
 

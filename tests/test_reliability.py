@@ -35,9 +35,10 @@ from rsd_core.errors import (
 )
 from rsd_core.eval.datasets import toy_examples
 from rsd_core.messages import validate_messages
+from rsd_core.options import ModelSpec
 from rsd_core.rewards import arithmetic_reward
 from rsd_core.tool_format import HERMES
-from rsd_integrations._shared import ModelSpec, get_decoder
+from rsd_integrations._shared import get_decoder
 from rsd_integrations.langchain import ChatRSD
 
 FUZZ = int(os.environ.get("RSD_FUZZ_EXAMPLES", "150"))

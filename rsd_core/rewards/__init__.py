@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -55,4 +56,11 @@ def load_reward_model(reward: str | RewardModel | Callable[..., float], *, rewar
     kind = reward_type or detect_reward_type(reward, kwargs.get("revision"))
     if kind not in FAMILIES:
         raise UnknownRewardModelError(f"unknown reward_type {kind!r}; supported: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[kind](reward, **kwargs)
+    try:
+        return FAMILIES[kind](reward, **kwargs)
+    except TypeError as e:  # a format option the family does not have: say which, in the caller's terms
+        bad = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+        if bad is None:
+            raise
+        raise ValueError(f"the {kind!r} reward family ({reward}) has no option {bad.group(1)!r}; its options "
+                         f"are its format's keywords (docs/reward-models.md)") from None
