@@ -276,10 +276,12 @@ def test_bad_config_names_the_field(field, value):
 
 def test_bad_prompts_fail_before_any_model_work(tiny_paths):
     dec = make(tiny_paths)
-    for bad in ([], [[]], [[{"role": "wizard", "content": "hi"}]], [[{"content": "no role"}]], [42]):
-        with pytest.raises((InvalidPromptError, TypeError)) as e:
+    for bad, said in (([], "no prompts given"), ([[]], "non-empty list of messages, got []"),
+                      ([[{"role": "wizard", "content": "hi"}]], "unknown role 'wizard'"),
+                      ([[{"content": "no role"}]], "unknown role None"), ([42], "list of messages, got 42")):
+        with pytest.raises(InvalidPromptError) as e:
             dec.generate(bad)
-        assert str(e.value)
+        assert said in str(e.value)
     with pytest.raises(PromptTooLongError, match="512"):
         dec.generate(["word " * 600])
     assert dec.draft.cached.states == {} and dec.target.cached.states == {}  # nothing left behind

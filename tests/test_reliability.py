@@ -251,10 +251,8 @@ def _not_gguf(d):
 def test_model_paths_that_do_not_hold_a_model(tmp_path, make, match, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local path is tried as a hub id: fail fast here
     path = str(make(tmp_path))
-    t0 = time.perf_counter()
     with pytest.raises(ModelLoadError, match=match):
         RewardGuidedDecoder.from_pretrained(draft=path, target=path)
-    assert time.perf_counter() - t0 < 30
 
 
 def test_a_gguf_file_without_the_gguf_package_says_what_to_install(tmp_path, monkeypatch):
@@ -583,10 +581,9 @@ def test_pickle_checkpoints_never_run_code(tmp_path, monkeypatch):
     "9 ** 9 ** 9 ** 9 = 1", "2 ** 99999999 = 3", "(" * 5000 + "1" + ")" * 5000 + " = 1",
     "1" * 100000 + " + 1 = 2", "__import__('os').system('true') = 0", "10 ** -99999 = 0",
 ])
-def test_arithmetic_reward_is_bounded_on_hostile_steps(step):
-    t0 = time.perf_counter()
-    r = arithmetic_reward("", [], step)
-    assert 0.0 <= r <= 1.0 and time.perf_counter() - t0 < 1.0
+def test_arithmetic_reward_declines_hostile_steps_instead_of_evaluating_them(step):
+    assert arithmetic_reward("", [], step) == 0.5  # the neutral "cannot check" reward, nothing evaluated
+    assert arithmetic_reward("", [], step, neutral=0.25) == 0.25
 
 
 def _with_config(tiny_paths, tmp_path, **changes):

@@ -169,8 +169,13 @@ def test_rsd_runs_end_to_end_with_each_family(tiny_paths, family_paths, family):
         assert r.text == "".join(s.text for s in r.accepted_steps)
 
 
-def test_outcome_model_scores_the_answer_so_far_and_picks_best_of_n(tiny_paths, family_paths):
+def test_outcome_model_scores_the_answer_so_far_and_picks_best_of_n(tiny_paths, family_paths, monkeypatch):
+    from rsd_core import baselines
     from rsd_core.baselines import best_of_n
+
+    groups: list = []
+    samples = baselines._samples
+    monkeypatch.setattr(baselines, "_samples", lambda *a, **k: [groups.append(g) or g for g in samples(*a, **k)])
 
     rm = build("orm", family_paths)
     text = rm.tokenizer.apply_chat_template(CONV + [{"role": "assistant", "content": STEPS[0]}], tokenize=False)
@@ -181,7 +186,11 @@ def test_outcome_model_scores_the_answer_so_far_and_picks_best_of_n(tiny_paths, 
                               HFGenerator.from_pretrained(tiny_paths["target"]), rm,
                               RSDConfig(max_new_tokens=20, max_step_tokens=8, seed=1))
     best = best_of_n(dec, ["Ann has 12 apples."], n=3, aggregate="last")[0]
-    assert best.accepted_steps[-1].reward is not None
+    [group] = groups
+    lasts = [r.accepted_steps[-1].reward for r in group]
+    assert all(isinstance(x, float) for x in lasts) and len(group) == 3
+    assert best.accepted_steps[-1].reward == max(lasts)  # the ORM's score of the whole answer picks it
+    assert best.text == group[lasts.index(max(lasts))].text
 
 
 def test_judge_can_reuse_the_loaded_target(tiny_paths, family_paths):

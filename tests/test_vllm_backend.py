@@ -157,10 +157,9 @@ def test_sequences_progress_independently(servers):
 def test_wrong_model_and_unreachable_server_fail_clearly(servers):
     with pytest.raises(ModelMismatchError, match="not 'no-such-model'"):
         VLLMGenerator({"url": servers["target"].url, "model": "no-such-model"})
-    t0 = time.perf_counter()
-    with pytest.raises(BackendUnavailableError, match="is it running"):
+    with pytest.raises(BackendUnavailableError, match="is it running") as e:
         VLLMGenerator({"url": f"http://127.0.0.1:{free_port()}", "model": "x", "max_retries": 2, "backoff_s": 0.05})
-    assert time.perf_counter() - t0 < 10
+    assert "after 3 tries (" in str(e.value)  # max_retries=2: three connection attempts, then it said so
 
 
 def test_step_tag_prm_over_pooling_scores_like_the_local_model(servers):

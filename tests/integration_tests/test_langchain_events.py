@@ -11,6 +11,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 
+from rsd_core.backends.rendering import render_prompt
 from rsd_core.errors import InvalidPromptError
 from rsd_integrations._shared import get_scheduler
 from rsd_integrations.langchain import ChatRSD, RSDCallbackHandler
@@ -45,7 +46,8 @@ def test_invoke_reports_every_step(llm):
     rec = Recorder()
     msg = llm.invoke(QUESTION, config={"callbacks": [rec]})
     check_steps(rec, msg.content)
-    assert "\\boxed{10}" in msg.content
+    dec = llm.get_decoder()  # the answer is the decoder's own, passed through unchanged
+    assert msg.content == dec.generate([[{"role": "user", "content": QUESTION}]], config=llm.to_config(dec.config))[0].text
     meta = msg.response_metadata
     assert meta["model_name"] == "rsd-toy-target" and meta["rsd"]["draft_steps"] >= 1
     assert msg.usage_metadata["output_tokens"] > 0 and msg.usage_metadata["input_tokens"] > 0
@@ -166,16 +168,24 @@ def test_bad_messages_get_clear_errors(llm, messages, match):
         llm.invoke(messages)
 
 
-def test_tool_messages_round_trip_through_the_template(llm):
+def test_tool_messages_round_trip_through_the_template(llm, monkeypatch):
+    sched = get_scheduler(llm.get_decoder())
+    sent: list = []
+    submit = sched.submit
+    monkeypatch.setattr(sched, "submit", lambda req: (sent.append(req), submit(req))[1])
     ai = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "call_1"}])
     msg = llm.bind_tools([{"type": "function", "function": {"name": "add", "parameters": {}}}]).invoke(
         [HumanMessage("add 1 and 2"), ai, ToolMessage("3", tool_call_id="call_1")])
-    assert isinstance(msg, AIMessage)
-    rendered = llm.get_decoder().target.tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]}],
-        tokenize=False)
-    assert '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>' in rendered
+    # The call and its result reached the decoder as chat turns, and the model read them through its template.
+    req = sent[-1]
+    assert [m["role"] for m in req.prompt] == ["user", "assistant", "tool"]
+    assert req.prompt[1]["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 1, "b": 2}}
+    assert req.prompt[2] == {"role": "tool", "content": "3", "tool_call_id": "call_1"}
+    tok = llm.get_decoder().target.tokenizer
+    rendered = tok.decode(render_prompt(tok, req.prompt, req.tools, "toy", 4096))
+    assert '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>' in rendered
+    assert rendered.endswith("<|im_start|>tool\n3<|im_end|>\n<|im_start|>assistant\n")
+    assert msg.response_metadata["finish_reason"] in ("eos", "max_new_tokens", "stop")
 
 
 def _tool(name: str, **params: str) -> dict:
