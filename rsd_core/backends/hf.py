@@ -20,9 +20,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rsd_core.accounting import ModelUsage
-from rsd_core.backends.base import Prompt, Step
+from rsd_core.backends.base import Step
 from rsd_core.backends.fast import FastCachedModel, fast_path_supported
-from rsd_core.backends.rendering import context_length, eos_token_ids, render_prompt
+from rsd_core.backends.rendering import ChatPrompts, context_length, eos_token_ids, render_prompt
 from rsd_core.backends.speculation import verify
 from rsd_core.config import SamplingConfig
 from rsd_core.constraints import ConstrainedRows, Cursor
@@ -59,7 +59,7 @@ def pick_engine(model: PreTrainedModel, engine: Engine, fast: bool | None, max_l
     return "native" if native_unsupported(model, max_len) is None else "transformers"
 
 
-class HFGenerator:
+class HFGenerator(ChatPrompts):
     """A transformers causal LM behind the generator contract (see ``backends.base.Generator``)."""
 
     def __init__(
@@ -156,13 +156,6 @@ class HFGenerator:
                     self.cached.states[s].draws = n
 
     # the contract --------------------------------------------------------------
-    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
-                      reply_prefix: str = "") -> list[int]:
-        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length, reply_prefix)
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
     def start(self, seq: int, prompt_ids: list[int]) -> None:
         self.cached.new(seq, prompt_ids)
         self.cached.states[seq].stream = self._keys.getrandbits(63)

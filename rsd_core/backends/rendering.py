@@ -19,7 +19,7 @@ from rsd_core.errors import PromptTooLongError
 from rsd_core.runtime.tokens import control_strings
 from rsd_core.tool_format import tool_format_for
 
-__all__ = ["context_length", "eos_token_ids", "render_prompt"]
+__all__ = ["ChatPrompts", "context_length", "eos_token_ids", "render_prompt"]
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: Any) -> set[int]:
@@ -97,3 +97,19 @@ def render_prompt(tokenizer: Any, prompt: Prompt, tools: list[dict[str, Any]] | 
     if len(ids) >= context_length:
         raise PromptTooLongError(f"the prompt has {len(ids)} tokens but {name} reads at most {context_length}")
     return ids
+
+
+class ChatPrompts:
+    """The prompt half of the generator contract, for a backend with ``tokenizer``, ``name`` and
+    ``context_length``: prompts rendered by ``render_prompt``, user text encoded without special tokens."""
+
+    tokenizer: Any
+    name: str
+    context_length: int
+
+    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
+                      reply_prefix: str = "") -> list[int]:
+        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length, reply_prefix)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)

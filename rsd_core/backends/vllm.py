@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rsd_core.accounting import ModelUsage
-from rsd_core.backends.base import Prompt, Step
-from rsd_core.backends.rendering import render_prompt
+from rsd_core.backends.base import Step
+from rsd_core.backends.rendering import ChatPrompts
 from rsd_core.config import SamplingConfig
 from rsd_core.errors import BackendError
 from rsd_core.runtime.served import (
@@ -44,7 +44,7 @@ from rsd_core.sampling import stream_key
 __all__ = ["ServedModel", "VLLMClient", "VLLMGenerator"]
 
 
-class VLLMGenerator:
+class VLLMGenerator(ChatPrompts):
     """A model served by vLLM behind the generator contract (see ``backends.base.Generator``).
 
     Args:
@@ -80,13 +80,6 @@ class VLLMGenerator:
         """The sequence's own random stream: each sampled step asks the server for a seed drawn from it."""
         st = self._book.states[seq]
         st.stream, st.draws = key, 0
-
-    def render_prompt(self, prompt: Prompt, tools: list[dict[str, Any]] | None = None,
-                      reply_prefix: str = "") -> list[int]:
-        return render_prompt(self.tokenizer, prompt, tools, self.name, self.context_length, reply_prefix)
-
-    def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     # sequences --------------------------------------------------------------
     def start(self, seq: int, prompt_ids: list[int]) -> None:
