@@ -22,9 +22,9 @@ import argparse
 import json
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -138,12 +138,28 @@ class RSDOptions(BaseModel):
     device_map: str | None = Field(default=None, description="as in transformers (e.g. auto, cuda:0, cpu)")
     dtype: str | None = Field("auto", description="auto, bfloat16, float16 or float32")
     trust_remote_code: bool = Field(False, description="run code shipped with a checkpoint")
+    timeout: float | None = Field(default=None, gt=0, description="seconds a call waits for its result, then "
+                                                                  "TimeoutError and the run stops (None: no limit)")
+    max_retries: int = Field(0, ge=0, description="retries of a call that failed with CUDA out-of-memory, "
+                                                  "after freeing the cache")
 
     def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as e:  # one line that names the option, the value and the rule
             raise OptionError(_problems(e), f"{type(self).__name__}: ") from None
+
+    # The options one call may override (``llm.invoke(..., temperature=0.5)``); tools and stop strings too.
+    CALL_OPTIONS: ClassVar[frozenset[str]] = frozenset(
+        {"temperature", "top_p", "max_tokens", "threshold", "weighting", "seed", "stop", "tools", "tool_choice"})
+
+    def check_call(self, call: dict[str, Any], also: Iterable[str] = ()) -> None:
+        """Refuse a call's keyword that is not an option a call can set (nor one of ``also``, the
+        framework's own), naming it: a typo such as ``temprature=`` fails instead of being ignored."""
+        unknown = set(call) - self.CALL_OPTIONS - set(also)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} calls do not take {sorted(unknown)}; a call can set "
+                            f"{', '.join(sorted(self.CALL_OPTIONS))}")
 
     @property
     def model_id(self) -> str:

@@ -16,9 +16,9 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
@@ -26,6 +26,8 @@ from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError, PromptTooLongError
 from rsd_core.events import RSDResult, SequenceError
 from rsd_core.options import ModelSpec
+
+T = TypeVar("T")
 
 # Decoders loaded from a spec are shared by every client naming the same models (a load is expensive);
 # ``close_decoder`` lets one go. Schedulers are keyed weakly: a decoder the caller built and dropped takes
@@ -86,6 +88,46 @@ def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
         if sched is None:
             sched = _schedulers[dec] = BatchScheduler(dec)
         return sched
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    from rsd_core.errors import ModelRunError
+
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, ModelRunError) and e.out_of_memory)
+
+
+def _free_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def with_retries(max_retries: int, call: Callable[[], T]) -> T:
+    """``call()``, run again up to ``max_retries`` times while it fails with CUDA out-of-memory (the
+    cache freed in between); any other error, or the last one, reaches the caller."""
+    for attempt in range(max_retries + 1):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == max_retries or not _out_of_memory(e):
+                raise
+            _free_cache()
+    raise AssertionError("unreachable")
+
+
+async def awith_retries(max_retries: int, call: Callable[[], Awaitable[T]]) -> T:
+    """``with_retries`` for a coroutine: the loop is never blocked between attempts."""
+    for attempt in range(max_retries + 1):
+        try:
+            return await call()
+        except Exception as e:
+            if attempt == max_retries or not _out_of_memory(e):
+                raise
+            _free_cache()
+    raise AssertionError("unreachable")
 
 
 def offered_tools(kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:

@@ -49,7 +49,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field
 
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.errors import InvalidPromptError, ModelRunError
+from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
 from rsd_core.messages import validate_messages
 from rsd_core.options import RSDOptions
@@ -57,9 +57,11 @@ from rsd_core.tool_format import check_tool_binding
 from rsd_integrations._shared import (
     ClosesItsDecoder,
     Request,
+    awith_retries,
     get_decoder,
     get_scheduler,
     offered_tools,
+    with_retries,
 )
 
 STEP_EVENT, TARGET_EVENT = "rsd_step", "rsd_target_invocation"
@@ -194,8 +196,6 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
     model: str | None = Field(default=None, alias="model_name")
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     streaming: bool = False
-    timeout: float | None = None
-    max_retries: int = Field(0, ge=0)
     decoder: RewardGuidedDecoder | None = Field(default=None, exclude=True)
 
     # ------------------------------------------------------------------ LangChain identity
@@ -233,10 +233,7 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
 
     def _request(self, messages: list[BaseMessage], stop: list[str] | None, loop: Any = None,
                  **kw: Any) -> tuple[RewardGuidedDecoder, Request]:
-        unknown = set(kw) - {"tools", "tool_choice", "temperature", "top_p", "max_tokens", "threshold", "weighting",
-                             "seed", "model", "ls_structured_output_format", "stream"}
-        if unknown:
-            raise TypeError(f"ChatRSD does not take {sorted(unknown)}")
+        self.check_call(kw, also=("model", "ls_structured_output_format", "stream"))  # LangChain's own
         if kw.get("model") not in (None, self.model_id, self.model):
             raise ValueError(f"this ChatRSD serves {self.model_id!r}, not {kw['model']!r}; make another ChatRSD")
         chat = to_chat_dicts(messages)
@@ -337,19 +334,6 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
         finally:
             _forget_config(token)
 
-    def _with_retries(self, fn: Callable[[], Any]) -> Any:
-        import torch
-
-        for attempt in range(self.max_retries + 1):
-            try:
-                return fn()
-            except (torch.OutOfMemoryError, ModelRunError) as e:
-                if attempt == self.max_retries or (isinstance(e, ModelRunError) and not e.out_of_memory):
-                    raise
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-        raise AssertionError("unreachable")
-
     # ------------------------------------------------------------------ sync
     def _run_sync(self, messages: list[BaseMessage], stop: list[str] | None,
                   run_manager: CallbackManagerForLLMRun | None, sink: _Sink | None = None,
@@ -372,7 +356,7 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
         def once() -> RSDResult:
             return [e for e in self._run_sync(messages, stop, run_manager, **kwargs)][-1]
 
-        res = self._with_retries(once)
+        res = with_retries(self.max_retries, once)
         return ChatResult(generations=[ChatGeneration(message=self._message(res, offered_tools(kwargs)))])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -410,10 +394,14 @@ class ChatRSD(RSDOptions, ClosesItsDecoder, BaseChatModel):
             from langchain_core.language_models.chat_models import agenerate_from_stream
 
             return await agenerate_from_stream(self._astream(messages, stop, run_manager, **kwargs))
-        res = None
-        async for e in self._run_async(messages, stop, run_manager, **kwargs):
-            res = e
-        assert isinstance(res, RSDResult)
+        async def once() -> RSDResult:
+            res = None
+            async for e in self._run_async(messages, stop, run_manager, **kwargs):
+                res = e
+            assert isinstance(res, RSDResult)
+            return res
+
+        res = await awith_retries(self.max_retries, once)
         return ChatResult(generations=[ChatGeneration(message=self._message(res, offered_tools(kwargs)))])
 
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,

@@ -45,9 +45,11 @@ from rsd_core.options import RSDOptions
 from rsd_integrations._shared import (
     ClosesItsDecoder,
     Request,
+    awith_retries,
     get_decoder,
     get_scheduler,
     offered_tools,
+    with_retries,
 )
 
 dispatcher = get_dispatcher(__name__)
@@ -163,11 +165,12 @@ class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
         return self.to_config(self.get_decoder().config, **kw)
 
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
+        self.check_call(kw)
         chat = to_chat_dicts(messages)
         offered = kw.get("tools") or None
         plan = self.get_decoder().tool_format.plan(offered, kw.get("tool_choice"))
         req = Request(chat, self._config(**kw), plan.tools, kw.get("stop", self.stop) or None, loop,
-                      reply_prefix=plan.reply_prefix, grammar=plan.grammar)
+                      reply_prefix=plan.reply_prefix, grammar=plan.grammar, timeout=self.timeout)
         get_scheduler(self.get_decoder()).submit(req)
         return req, offered_tools(kw)
 
@@ -207,14 +210,18 @@ class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
 
     def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         span_id = active_span_id.get()
-        req, tools = self._request(messages, **kwargs)
-        res = None
-        for e in req.events():
-            ev = _li_event(e, span_id)
-            if ev is not None:
-                dispatcher.event(ev)
-            res = e
-        return self._response(res, tools)
+
+        def once() -> ChatResponse:
+            req, tools = self._request(messages, **kwargs)
+            res = None
+            for e in req.events():
+                ev = _li_event(e, span_id)
+                if ev is not None:
+                    dispatcher.event(ev)
+                res = e
+            return self._response(res, tools)
+
+        return with_retries(self.max_retries, once)
 
     def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         span_id = active_span_id.get()
@@ -230,14 +237,18 @@ class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
 
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         span_id = active_span_id.get()
-        req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
-        res = None
-        async for e in req.aevents():
-            ev = _li_event(e, span_id)
-            if ev is not None:
-                dispatcher.event(ev)
-            res = e
-        return self._response(res, tools)
+
+        async def once() -> ChatResponse:
+            req, tools = self._request(messages, loop=asyncio.get_running_loop(), **kwargs)
+            res = None
+            async for e in req.aevents():
+                ev = _li_event(e, span_id)
+                if ev is not None:
+                    dispatcher.event(ev)
+                res = e
+            return self._response(res, tools)
+
+        return await awith_retries(self.max_retries, once)
 
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         span_id = active_span_id.get()

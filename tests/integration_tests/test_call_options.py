@@ -80,3 +80,80 @@ def test_an_empty_prompt_is_refused_the_same_way_everywhere(chat, llm, prompt):
         llm.complete(prompt)
     with pytest.raises(InvalidPromptError, match="empty"):
         chat.get_decoder().generate([[{"role": "user", "content": prompt}]])
+
+
+# ------------------------------------------------------------------ one options model, the same everywhere
+
+
+def test_both_clients_take_the_same_options():
+    from rsd_core.options import RSDOptions
+
+    shared = set(RSDOptions.model_fields)
+    assert shared <= set(ChatRSD.model_fields) and shared <= set(RSDLLM.model_fields)
+    for cls in (ChatRSD, RSDLLM):
+        with pytest.raises(ValueError, match=r"weighting='greedy'"):
+            cls(weighting="greedy")
+        with pytest.raises(ValueError, match=r"timeout=0"):
+            cls(timeout=0)
+
+
+def test_both_clients_refuse_an_unknown_call_option_by_name(chat, llm):
+    with pytest.raises(TypeError, match=r"ChatRSD calls do not take \['temprature'\]"):
+        chat.invoke(Q, temprature=0.5)
+    with pytest.raises(TypeError, match=r"RSDLLM calls do not take \['temprature'\]"):
+        llm.complete(Q, temprature=0.5)
+
+
+def _flaky_decoder(tiny_paths, fails: int):
+    """A decoder whose reward runs out of GPU memory on its first ``fails`` calls."""
+    import torch
+
+    from rsd_core import RewardGuidedDecoder
+
+    left = [fails]
+
+    def reward(q, prev, step):
+        if left[0] > 0:
+            left[0] -= 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 1.0
+
+    return RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], reward), left
+
+
+@pytest.mark.parametrize("client", ["ChatRSD.invoke", "ChatRSD.ainvoke", "RSDLLM.chat", "RSDLLM.achat"])
+def test_out_of_memory_is_retried_in_every_client_and_mode(tiny_paths, client):
+    import asyncio
+
+    from llama_index.core.llms import ChatMessage
+
+    from rsd_core.errors import ModelRunError
+
+    def call(max_retries: int):
+        dec, left = _flaky_decoder(tiny_paths, fails=1)
+        if client.startswith("ChatRSD"):
+            c = ChatRSD(decoder=dec, max_tokens=6, max_retries=max_retries)
+            out = c.invoke(Q) if client.endswith(".invoke") else asyncio.run(c.ainvoke(Q))
+            return out.content, left
+        c = RSDLLM(decoder=dec, max_tokens=6, max_retries=max_retries)
+        msgs = [ChatMessage(role="user", content=Q)]
+        out = c.chat(msgs) if client.endswith(".chat") else asyncio.run(c.achat(msgs))
+        return out.message.content, left
+
+    with pytest.raises(ModelRunError, match="out of memory"):
+        call(max_retries=0)
+    text, left = call(max_retries=1)
+    assert left == [0] and isinstance(text, str)  # the first attempt failed, the retry answered
+
+
+def test_rsd_llm_timeout_stops_waiting(tiny_paths):
+    import threading
+
+    from rsd_core import RewardGuidedDecoder
+
+    release = threading.Event()
+    dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"],
+                                              lambda q, prev, step: release.wait(30) and 1.0)
+    with pytest.raises(TimeoutError, match=r"timeout=0\.5"):
+        RSDLLM(decoder=dec, timeout=0.5, max_tokens=8).complete(Q)
+    release.set()
