@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -118,8 +118,6 @@ class RSDCallback(Protocol):
 
     def on_error(self, event: SequenceError) -> None: ...
 
-
-Callback = RSDCallback | Callable[[Any], None]
 
 
 def dispatch(callbacks: Iterable[Any], method: str, event: Any) -> None:
