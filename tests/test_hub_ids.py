@@ -147,3 +147,23 @@ def test_without_a_reachable_hub_hub_ids_come_from_the_cache_at_once(hub, tmp_pa
     assert "to skip the check" in r.stderr  # it looked in the cache only: the hub was found unreachable first
     assert "Retry" not in r.stderr and "retry" not in r.stderr.lower().replace("retries", "")
 
+
+
+DOC_PAGES = sorted(p.relative_to(ROOT).as_posix() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+                   if "```python" in p.read_text())
+
+
+@pytest.mark.parametrize("doc", DOC_PAGES)
+def test_every_python_block_of_the_docs_runs_as_written(hub, tmp_path, doc):
+    """Each page's Python blocks, in order, in one session, as a reader runs them: hub ids resolve to
+    the replicas in the offline cache; ``./my-prm`` (docs/reward-models.md) is a local copy of one."""
+    from doc_blocks import NEEDS_SERVERS, python_blocks
+
+    (tmp_path / "my-prm").symlink_to(hub["src"]["Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B"])
+    r = _run(hub, [sys.executable, str(ROOT / "tests" / "doc_blocks.py"), str(ROOT / doc)], tmp_path)
+    assert r.returncode == 0, (r.stdout[-1500:], r.stderr[-3000:])
+    blocks = python_blocks(ROOT / doc)
+    expected = [f"block {i} " + ("skipped (needs vLLM servers)" if NEEDS_SERVERS in b else "ok")
+                for i, b in enumerate(blocks)]
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("block ")] == expected
+    assert sum(NEEDS_SERVERS not in b for b in blocks) >= 1 or doc == "docs/scaling.md"

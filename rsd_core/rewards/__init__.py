@@ -24,6 +24,7 @@ from rsd_core.rewards.math_shepherd import MathShepherdFormat, MathShepherdPRM
 from rsd_core.rewards.outcome import OutcomeFormat, OutcomeRM
 from rsd_core.rewards.step_tag import StepTagFormat, StepTagPRM
 from rsd_core.rewards.value_head import ValueHeadFormat, ValueHeadPRM
+from rsd_core.runtime.checkpoints import metadata_dir
 
 FAMILIES: dict[str, Callable[..., RewardModel]] = {
     "step_tag": StepTagPRM.from_pretrained,  # Qwen2.5-Math-PRM, the toy PRM, *ForTokenClassification
@@ -53,6 +54,8 @@ def load_reward_model(reward: str | RewardModel | Callable[..., float], *, rewar
         return FunctionReward(BUILTIN_FUNCTIONS[reward], name=reward)
     if not isinstance(reward, str):
         raise TypeError(f"reward must be a model id/path, a RewardModel or a callable, got {type(reward).__name__}")
+    if reward_type is not None:
+        metadata_dir(reward, kwargs.get("revision"))  # a missing folder or unknown id fails here, by name
     kind = reward_type or detect_reward_type(reward, kwargs.get("revision"))
     if kind not in FAMILIES:
         raise UnknownRewardModelError(f"unknown reward_type {kind!r}; supported: {', '.join(sorted(FAMILIES))}")
