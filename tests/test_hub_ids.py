@@ -167,3 +167,8 @@ def test_every_python_block_of_the_docs_runs_as_written(hub, tmp_path, doc):
                 for i, b in enumerate(blocks)]
     assert [ln for ln in r.stdout.splitlines() if ln.startswith("block ")] == expected
     assert sum(NEEDS_SERVERS not in b for b in blocks) >= 1 or doc == "docs/scaling.md"
+    for said in DOC_OUTPUTS.get(doc, ()):  # what a page's comments say the toy prints, it prints
+        assert said in r.stdout, (said, r.stdout[-1500:])
+
+
+DOC_OUTPUTS = {"README.md": ["The answer is \\boxed{14}."]}
