@@ -13,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -66,14 +66,20 @@ class ModelUsage:
     calls: int = 0  # batched forward passes this sequence took part in
 
     def add(self, other: ModelUsage) -> None:
-        self.prefill_tokens += other.prefill_tokens
-        self.decode_tokens += other.decode_tokens
-        self.flops += other.flops
-        self.paper_flops += other.paper_flops
-        self.calls += other.calls
+        _add_fields(self, other)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _add_fields(into: Any, other: Any) -> None:
+    """Add each field of ``other`` to ``into``'s, a nested usage record by its own ``add``."""
+    for f in fields(into):
+        mine = getattr(into, f.name)
+        if isinstance(mine, ModelUsage):
+            mine.add(getattr(other, f.name))
+        else:
+            setattr(into, f.name, mine + getattr(other, f.name))
 
 
 @dataclass
@@ -113,17 +119,10 @@ class GenerationStats:
         return self.draft.paper_flops + self.target.paper_flops + self.reward.paper_flops
 
     def merge(self, other: GenerationStats) -> None:
-        self.draft_steps += other.draft_steps
-        self.accepted_draft_steps += other.accepted_draft_steps
-        self.target_steps += other.target_steps
-        self.target_invocations += other.target_invocations
-        self.rewritten_steps += other.rewritten_steps
-        self.rewrite_forwards += other.rewrite_forwards
-        self.speculated_tokens += other.speculated_tokens
-        self.draft.add(other.draft)
-        self.target.add(other.target)
-        self.reward.add(other.reward)
-        self.wall_time_s = max(self.wall_time_s, other.wall_time_s)
+        """Add ``other``'s counts to these; the wall time is the longer one (the runs overlapped)."""
+        wall = max(self.wall_time_s, other.wall_time_s)
+        _add_fields(self, other)
+        self.wall_time_s = wall
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

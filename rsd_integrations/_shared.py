@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from rsd_core.config import RSDConfig
 from rsd_core.constraints import Grammar
 from rsd_core.decoder import RewardGuidedDecoder
-from rsd_core.errors import InvalidPromptError, PromptTooLongError
+from rsd_core.errors import InvalidPromptError, ModelRunError, PromptTooLongError
 from rsd_core.events import RSDResult, SequenceError
 from rsd_core.options import ModelSpec
 
@@ -90,19 +90,17 @@ def get_scheduler(dec: RewardGuidedDecoder) -> BatchScheduler:
         return sched
 
 
-def _out_of_memory(e: BaseException) -> bool:
+def _retry_after(e: BaseException, attempt: int, max_retries: int) -> bool:
+    """Whether a call that failed with ``e`` runs again: CUDA out-of-memory with retries left, the
+    cache freed first."""
     import torch
 
-    from rsd_core.errors import ModelRunError
-
-    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, ModelRunError) and e.out_of_memory)
-
-
-def _free_cache() -> None:
-    import torch
-
+    oom = isinstance(e, torch.OutOfMemoryError) or (isinstance(e, ModelRunError) and e.out_of_memory)
+    if attempt == max_retries or not oom:
+        return False
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return True
 
 
 def with_retries(max_retries: int, call: Callable[[], T]) -> T:
@@ -112,9 +110,8 @@ def with_retries(max_retries: int, call: Callable[[], T]) -> T:
         try:
             return call()
         except Exception as e:
-            if attempt == max_retries or not _out_of_memory(e):
+            if not _retry_after(e, attempt, max_retries):
                 raise
-            _free_cache()
     raise AssertionError("unreachable")
 
 
@@ -124,9 +121,8 @@ async def awith_retries(max_retries: int, call: Callable[[], Awaitable[T]]) -> T
         try:
             return await call()
         except Exception as e:
-            if attempt == max_retries or not _out_of_memory(e):
+            if not _retry_after(e, attempt, max_retries):
                 raise
-            _free_cache()
     raise AssertionError("unreachable")
 
 

@@ -36,7 +36,6 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from rsd_core.config import RSDConfig
 from rsd_core.decoder import RewardGuidedDecoder
 from rsd_core.errors import InvalidPromptError
 from rsd_core.events import RSDResult, StepEvent, TargetInvocationEvent
@@ -161,17 +160,15 @@ class RSDLLM(RSDOptions, ClosesItsDecoder, FunctionCallingLLM):
             model_name=self.model_id,
         )
 
-    def _config(self, **kw: Any) -> RSDConfig:
-        return self.to_config(self.get_decoder().config, **kw)
-
     def _request(self, messages: Sequence[ChatMessage], loop: Any = None, **kw: Any) -> tuple[Request, list[dict[str, Any]] | None]:
         self.check_call(kw)
         chat = to_chat_dicts(messages)
         offered = kw.get("tools") or None
-        plan = self.get_decoder().tool_format.plan(offered, kw.get("tool_choice"))
-        req = Request(chat, self._config(**kw), plan.tools, kw.get("stop", self.stop) or None, loop,
+        dec = self.get_decoder()
+        plan = dec.tool_format.plan(offered, kw.get("tool_choice"))
+        req = Request(chat, self.to_config(dec.config, **kw), plan.tools, kw.get("stop", self.stop) or None, loop,
                       reply_prefix=plan.reply_prefix, grammar=plan.grammar, timeout=self.timeout)
-        get_scheduler(self.get_decoder()).submit(req)
+        get_scheduler(dec).submit(req)
         return req, offered_tools(kw)
 
     # ------------------------------------------------------------------ results
