@@ -53,7 +53,8 @@ def _fmt_flops(x: float) -> str:
 
 
 def _n_params(part: Any) -> int:
-    """Non-embedding parameters of a local model (0 when it is served or a function)."""
+    """Parameters a local model uses per token, the output projection included and the input embedding
+    not (what its FLOP count multiplies; 0 when it is served or a function)."""
     flops = getattr(getattr(part, "cached", None), "flops", None)
     return int(flops.n_params) if flops is not None else 0
 
@@ -87,12 +88,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
     share = r["tokens"]["target"]["decode"] / max(1, tgt["tokens"]["target"]["decode"])
     print(f"\nRSD kept {r['acceptance_rate']:.0%} of draft steps; the target wrote {share:.0%} of the tokens it writes "
           f"alone. (decode tokens shown; {time.perf_counter() - t0:.1f}s in all)")
-    if r["flops"]["total"] > tgt["flops"]["total"] and _n_params(dec.target):
+    full = r["flops"]["total"] / max(1.0, tgt["flops"]["total"])
+    paper = r["paper_flops"]["total"] / max(1.0, tgt["paper_flops"]["total"])
+    print(f"RSD's FLOPs, the draft's and the PRM's included: {full:.2f}x target-only's ({paper:.2f}x by the "
+          "paper's count, which leaves out prompts and attention).")
+    if _n_params(dec.target):
         d, t_, p = (_n_params(dec.draft), _n_params(dec.target), _n_params(dec.reward))
-        sizes = f"the draft is {d / t_:.0%} of the target" + (f" and the PRM {p / t_:.0%}" if p else "")
-        print(f"RSD spends more FLOPs than the target alone here because {sizes}: every draft step is written "
-              "by the draft and read by the PRM. The paper's saving needs a draft and PRM much smaller than the "
-              "target (1.5B or 7B next to 72B); see docs/evaluation.md.")
+        sizes = f"the draft uses {d / t_:.0%} of the target's parameters" + (f" and the PRM {p / t_:.0%}" if p else "")
+        why = ("which is why RSD saves" if full < 1 else
+               "too large a share for a saving: the paper's draft and PRM are 1.5B or 7B next to a 72B target")
+        print(f"Per token, {sizes} (the embedding lookup aside), {why}; see docs/evaluation.md.")
     return 0
 
 

@@ -43,7 +43,6 @@ TRAIN_SEED = 1234
 DRAFT_STEPS = 1200
 TOOL_STEPS = 3000  # the target's second stage: tool use (rsd_core/toy/tool_use.py)
 REACT_STEPS = 2000  # its third: more of the same, one LlamaIndex ReActAgent turn in every batch
-_CLASS_WEIGHT = torch.tensor([2.0, 1.0])  # training problems come from this stream; evaluation uses other seeds
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
@@ -256,8 +255,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full training steps")
     ap.add_argument("--only", default="target,draft,prm", help="comma list of the models to train")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="CPU threads (the shipped weights name theirs: float sums differ in the last bits)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.threads < 1:
+        ap.error("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     unknown = set(only) - {"target", "draft", "prm"}
     if unknown:
