@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -26,13 +27,41 @@ def test_toy_trio_loads_through_the_plain_transformers_path(toy):
 
 @pytest.mark.slow
 def test_toy_trio_shows_the_rsd_effect(toy):
-    """The documented held-out set (300 problems): draft well below target, RSD at target level."""
+    """The documented held-out set (300 problems): draft well below target, RSD at target level for at
+    most half the target's FLOPs by both counts, the draft's and the PRM's work included (the paper's
+    saving, from a trio in its shape)."""
     s = evaluate(toy, toy_examples(300), ["target", "draft", "rsd"], batch_size=32, progress=False)
     target, draft, rsd = s["target"], s["draft"], s["rsd"]
     assert draft["accuracy"] <= target["accuracy"] - 0.15
     assert rsd["accuracy"] >= target["accuracy"] - 0.01
     assert rsd["tokens"]["target"]["decode"] <= 0.5 * target["tokens"]["target"]["decode"]
     assert rsd["flops"]["target"] < target["flops"]["target"]
+    assert rsd["flops"]["total"] <= 0.5 * target["flops"]["total"]
+    assert rsd["paper_flops"]["total"] <= 0.5 * target["paper_flops"]["total"]
+
+
+def test_toy_trio_has_the_papers_shape(toy):
+    """Draft and PRM each at most 1/8 of the target's non-embedding parameters, and the recipe's sizes are
+    the shipped ones (so ``python -m rsd_core.toy.train`` remakes these models, not others)."""
+    from rsd_core.toy.train import SIZES
+
+    paths = toy_model_paths()
+
+    def non_embedding(name):
+        import torch
+        from safetensors.torch import load_file
+
+        weights = load_file(str(Path(paths[name]) / "model.safetensors"))
+        assert all(t.dtype == torch.float16 for t in weights.values())
+        return sum(t.numel() for k, t in weights.items() if "embed_tokens" not in k and "lm_head" not in k)
+
+    target = non_embedding("target")
+    assert 8 * non_embedding("draft") <= target and 8 * non_embedding("prm") <= target
+    for name in ("draft", "target", "prm"):
+        cfg = json.loads((Path(paths[name]) / "config.json").read_text())
+        shape = (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+                 cfg["num_key_value_heads"], cfg["intermediate_size"])
+        assert shape == SIZES[name], name
 
 
 def _rsd(*args):

@@ -5,17 +5,20 @@
 Writes ``tokenizer/``-complete ``draft/``, ``target/`` and ``prm/`` folders with ``save_pretrained``
 (safetensors, Qwen2 architectures), so they load with plain ``from_pretrained`` like any checkpoint.
 
-The PRM is a likelihood PRM (``rsd_core/rewards/likelihood.py``): an LM that starts from the target's
-weights (as Qwen2.5-Math-PRM starts from Qwen2.5-Math-Instruct) and is trained further on its own
-stream of solutions; a step's reward is the smallest probability it gives any of the step's tokens. (A
-two-class step-tag classifier trained on good and corrupted steps learned too slowly on 2 CPU cores to
-separate them: see docs/reward-models.md.)
+The trio has the paper's shape: the draft and the PRM each have at most 1/8 of the target's
+non-embedding parameters (the paper: 1.5B or 7B draft and PRM, 72B target), so RSD saves FLOPs.
+
+The PRM is a likelihood PRM (``rsd_core/rewards/likelihood.py``): a small LM (the draft's shape) that
+learns the task as the draft does, then settles at a low learning rate on its own stream of solutions;
+a step's reward is the smallest probability it gives any of the step's tokens. A step it would not
+have written itself scores low. (A two-class step-tag classifier trained on good and corrupted steps
+learned too slowly on 2 CPU cores to separate them: see docs/reward-models.md.)
 
 The target is trained in three stages: arithmetic; then tool use (``tool_use.py``: calling listed
 tools in the ``<tool_call>`` format of its chat template, answering from a tool's result, filling a
 schema, half of every batch still arithmetic); then the same with LlamaIndex ReActAgent turns mixed in.
-The draft learns arithmetic only: when it fumbles a tool call, the PRM (which saw tool chats too)
-rejects the step and the target writes it, which is RSD doing its job.
+The draft and the PRM learn arithmetic only: a draft's fumbled tool call is a step the PRM finds
+unlikely, so it rejects it and the target writes it, which is RSD doing its job.
 
 Each model draws its training problems from its own seeded stream, so changing one model's recipe
 leaves the others' weights unchanged.
@@ -40,13 +43,18 @@ from rsd_core.toy.tokenizer import train_tokenizer
 from rsd_core.toy.tool_use import make_lesson, make_react_lesson
 
 TRAIN_SEED = 1234
-DRAFT_STEPS = 1200
+DRAFT_STEPS = 5000  # the draft's cosine schedule is laid out for this many steps...
+DRAFT_STOP = 2800  # ...and stopped here: 0.82 on held-out problems, 17 points below the target (wip21/)
+PRM_STEPS = 4200  # the PRM's first stage: the task, at the draft's learning rate, from the draft's start
+PRM_SETTLE_STEPS = 4000  # its second: its own stream at a low learning rate (fewer false rejections)
 TOOL_STEPS = 3000  # the target's second stage: tool use (rsd_core/toy/tool_use.py)
 REACT_STEPS = 2000  # its third: more of the same, one LlamaIndex ReActAgent turn in every batch
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
-    "draft": (96, 4, 3, 3, 256),  # head_dim 32: vLLM's CPU attention takes 32, not 24
+    # head_dim 32 throughout: vLLM's CPU attention takes 32, not 24
+    "draft": (64, 2, 2, 2, 160),
+    "prm": (64, 2, 2, 2, 160),
     "target": (128, 4, 4, 2, 384),
 }
 
@@ -111,9 +119,11 @@ def _problem_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log) -> None:
+def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log, stop_at: int | None = None,
+             checkpoint=None, checkpoint_every: int = 500) -> None:
     """Next-token training on the solution part of chat-formatted problems (fresh problems each step)."""
-    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0)
+    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0, stop_at=stop_at,
+                checkpoint=checkpoint, checkpoint_every=checkpoint_every)
 
 
 def _tool_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -135,17 +145,19 @@ def _react_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
 
 
 def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | None, steps: int, batch: int, lr: float,
-                log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None) -> None:
+                log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None, checkpoint_every: int = 500,
+                stop_at: int | None = None) -> None:
     """Teach a trained model tool use, on a mix of tool chats and arithmetic (which it keeps).
 
     ``react_rows``: ReActAgent turns per step (from the same tool stream), in place of tool chats.
     ``tool_share=0`` (no tool stream needed) is plain next-token training on word problems.
-    ``checkpoint(step)``, if given, is called every 500 steps (to look at a long run before it ends)."""
+    ``checkpoint(step)``, if given, is called every ``checkpoint_every`` steps (to look at a long run before
+    it ends). ``stop_at``: end after that many steps of a schedule laid out for ``steps``."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     n_tools = round(batch * tool_share) - react_rows
     tool_rng = tool_rng if tool_rng is not None else random.Random(0)  # drawn from only when tool_share > 0
-    for step in range(steps):
+    for step in range(steps if stop_at is None else min(stop_at, steps)):
         tool_rows = [_tool_lesson_ids(tok, tool_rng) for _ in range(n_tools)]
         react = [_react_lesson_ids(tok, tool_rng) for _ in range(react_rows)]
         arith_rows = [_problem_ids(tok, arith_rng) for _ in range(batch - n_tools - react_rows)]
@@ -163,7 +175,7 @@ def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | 
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"  step {step:5d} loss {loss.item():.4f}")
-        if checkpoint is not None and step % 500 == 499:
+        if checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:
             model.eval()
             checkpoint(step + 1)
             model.train()
@@ -179,7 +191,7 @@ def _problem_stream(name: str, seed: int) -> random.Random:
         for _ in range(1200 * 64):
             make_problem(rng)
         return rng
-    return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7, "target-tools": 13, "prm-tools": 17,
+    return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7, "target-tools": 13,
                                                     "target-react": 19}[name])
 
 
@@ -187,8 +199,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
                only: tuple[str, ...] = ("target", "draft", "prm")) -> dict:
     """Train and save the three models; ``scale`` shortens training (tests use a tiny one).
 
-    ``only``: the models to train and save (the PRM starts from the target, so it needs the target:
-    trained here, or read from ``out``)."""
+    ``only``: the models to train and save (each trains on its own; none needs another's weights)."""
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     corpus_rng = random.Random(TRAIN_SEED - 1)
@@ -200,7 +211,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     log(f"tokenizer: {len(tok)} tokens")
     plan = {"draft": (int(DRAFT_STEPS * scale), 3e-3), "target": (int(2000 * scale), 2e-3),
             "target-tools": (int(TOOL_STEPS * scale), 1.2e-3), "target-react": (int(REACT_STEPS * scale), 1e-3),
-            "prm": (int(300 * scale), 5e-4)}
+            "prm": (int(PRM_STEPS * scale), 3e-3), "prm-settle": (int(PRM_SETTLE_STEPS * scale), 5e-4)}
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Qwen2ForCausalLM] = {}
     for name in ("target", "draft"):
@@ -210,7 +221,9 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         log(f"{name}: {steps} steps")
         torch.manual_seed(seed + {"draft": 1, "target": 2}[name])
         model = Qwen2ForCausalLM(_config(tok, name))
-        train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log)
+        stop = int(DRAFT_STOP * scale) if name == "draft" else None
+        train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log,
+                 stop_at=None if stop is None else max(stop, 1))
         if name == "target":  # then tool use: calls in the chat template's format, then LlamaIndex's ReAct
             steps, lr = plan["target-tools"]
             log(f"target: {steps} steps of tool use")
@@ -225,14 +238,13 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         models[name] = model
     if "prm" in only:
         steps, lr = plan["prm"]
-        log(f"prm: {steps} steps from the target")
-        torch.manual_seed(seed + 3)
-        prm = Qwen2ForCausalLM(_config(tok, "target"))
-        start = models["target"] if "target" in models else Qwen2ForCausalLM.from_pretrained(out / "target").float()
-        prm.load_state_dict(start.state_dict())
-        # Its own stream of solutions and tool chats: it must judge a draft's attempt at a tool call too.
-        train_tools(prm, tok, _problem_stream("prm", seed), _problem_stream("prm-tools", seed), max(steps, 1), 32, lr,
-                    log)
+        log(f"prm: {steps} steps of the task, then {plan['prm-settle'][0]} at a low learning rate")
+        torch.manual_seed(seed + 1)  # the draft's start: the same initial weights and problems
+        prm = Qwen2ForCausalLM(_config(tok, "prm"))
+        train_lm(prm, tok, _problem_stream("draft", seed), max(steps, 1), 64, lr, log)
+        steps, lr = plan["prm-settle"]
+        torch.manual_seed(seed + 6)
+        train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 32, lr, log)
         models["prm"] = prm
         prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
     for name, model in models.items():
