@@ -189,7 +189,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rsd", description="Reward-Guided Speculative Decoding")
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU; a minute or two)")
+    d = sub.add_parser("demo", help="RSD on the embedded toy trio (no download, CPU; about 10 s on 2 cores)")
     d.add_argument("--n", type=int, default=60, help="problems in the comparison table")
     d.add_argument("--show", type=int, default=3, help="problems printed step by step")
     d.set_defaults(fn=cmd_demo)

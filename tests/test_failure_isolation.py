@@ -112,14 +112,16 @@ def test_a_reward_failing_for_one_sequence_ends_only_that_sequence(toy, monkeypa
 
 
 def test_a_failure_it_cannot_pin_on_one_sequence_fails_the_batch(toy, monkeypatch):
-    """The PRM failing for every sequence alike is the batch's failure: raised, not isolated."""
+    """The PRM failing for every sequence of one scoring call alike is the batch's failure: raised, not
+    isolated. (``score_batch=3`` puts the three step ends in one call; scored one at a time, as by default,
+    each failure is that sequence's own.)"""
     def broken(seq, ids):
         raise ValueError("PRM broken")
 
     monkeypatch.setattr(toy.reward.cached, "append", broken)
     seen = _Collect()
     with pytest.raises(Exception, match="PRM broken"):
-        toy.generate(QUESTIONS[:3], config=RSDConfig(max_new_tokens=32), callbacks=[seen])
+        toy.generate(QUESTIONS[:3], config=RSDConfig(max_new_tokens=32, score_batch=3), callbacks=[seen])
     assert not seen.ends and not seen.errors
     assert not toy.draft.cached.states and not toy.target.cached.states and not toy.reward.cached.states
 

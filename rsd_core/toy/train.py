@@ -44,9 +44,9 @@ from rsd_core.toy.tool_use import make_lesson, make_react_lesson
 
 TRAIN_SEED = 1234
 DRAFT_STEPS = 5000  # the draft's cosine schedule is laid out for this many steps...
-DRAFT_STOP = 2800  # ...and stopped here: 0.82 on held-out problems, 17 points below the target (wip21/)
+DRAFT_STOP = 2800  # ...and stopped here: 0.82 on held-out problems, 17 points below the target (training.json)
 PRM_STEPS = 4200  # the PRM's first stage: the task, at the draft's learning rate, from the draft's start
-PRM_SETTLE_STEPS = 4000  # its second: its own stream at a low learning rate (fewer false rejections)
+PRM_SETTLE_STEPS = 12000  # its second: its own stream at a low learning rate (fewer false rejections)
 TOOL_STEPS = 3000  # the target's second stage: tool use (rsd_core/toy/tool_use.py)
 REACT_STEPS = 2000  # its third: more of the same, one LlamaIndex ReActAgent turn in every batch
 
