@@ -10,6 +10,7 @@ the caller dispatches them to its framework's callbacks in its own thread or eve
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import json
 import queue
@@ -206,6 +207,22 @@ class Request:
 
 
 _STOP = object()  # put in a scheduler's inbox when its decoder is closed or collected
+_LIVE: weakref.WeakSet[BatchScheduler] = weakref.WeakSet()  # schedulers whose thread may still run
+
+
+@atexit.register
+def _stop_schedulers_at_exit(timeout_s: float = 5.0) -> None:
+    """Let each scheduler thread finish the run it is in before the interpreter tears down.
+
+    A caller gets its result while the thread is still closing that run (releasing the models' state); a
+    daemon thread still inside torch when the process exits aborts it (``terminate called without an
+    active exception``), after the program's output was written."""
+    live = list(_LIVE)
+    for sched in live:
+        sched._inbox.put(_STOP)
+    deadline = time.monotonic() + timeout_s
+    for sched in live:
+        sched._thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class BatchScheduler:
@@ -225,6 +242,7 @@ class BatchScheduler:
         decoder.on_close(stop)
         self._thread = threading.Thread(target=self._loop, name="rsd-scheduler", daemon=True)
         self._thread.start()
+        _LIVE.add(self)
 
     @property
     def decoder(self) -> RewardGuidedDecoder:

@@ -87,3 +87,21 @@ def test_the_same_checkpoint_named_four_ways_loads_once():
     # draft and target named differently but the same folder: one model in memory
     dec = RewardGuidedDecoder.from_pretrained(paths["draft"], paths["draft"] + "/", paths["prm"])
     assert dec.target.model is dec.draft.model
+
+
+def test_at_exit_every_scheduler_thread_finishes_its_run_before_the_interpreter_goes():
+    """A caller has its answer while the scheduler thread still closes the run; at exit the thread is
+    stopped and joined (a daemon thread left inside torch aborted the process after its output)."""
+    import subprocess
+    import sys
+
+    code = ("from rsd_integrations.langchain import ChatRSD\n"
+            "import rsd_integrations._shared as s\n"
+            "print(ChatRSD(max_tokens=16).invoke('Ann has 3 pens. She buys 2 more. She loses 1. How many pens now?')"
+            ".content != '')\n"
+            "threads = [x._thread for x in s._LIVE]\n"
+            "s._stop_schedulers_at_exit()\n"
+            "print(len(threads), sum(t.is_alive() for t in threads))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", "1", "0"]
