@@ -119,11 +119,9 @@ def _problem_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log, stop_at: int | None = None,
-             checkpoint=None, checkpoint_every: int = 500) -> None:
+def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log, stop_at: int | None = None) -> None:
     """Next-token training on the solution part of chat-formatted problems (fresh problems each step)."""
-    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0, stop_at=stop_at,
-                checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0, stop_at=stop_at)
 
 
 def _tool_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -145,14 +143,14 @@ def _react_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
 
 
 def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | None, steps: int, batch: int, lr: float,
-                log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None, checkpoint_every: int = 500,
+                log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None,
                 stop_at: int | None = None) -> None:
     """Teach a trained model tool use, on a mix of tool chats and arithmetic (which it keeps).
 
     ``react_rows``: ReActAgent turns per step (from the same tool stream), in place of tool chats.
     ``tool_share=0`` (no tool stream needed) is plain next-token training on word problems.
-    ``checkpoint(step)``, if given, is called every ``checkpoint_every`` steps (to look at a long run before
-    it ends). ``stop_at``: end after that many steps of a schedule laid out for ``steps``."""
+    ``checkpoint(step)``, if given, is called every 500 steps (to look at a long run before it ends).
+    ``stop_at``: end after that many steps of a schedule laid out for ``steps``."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     n_tools = round(batch * tool_share) - react_rows
@@ -175,7 +173,7 @@ def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | 
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"  step {step:5d} loss {loss.item():.4f}")
-        if checkpoint is not None and step % checkpoint_every == checkpoint_every - 1:
+        if checkpoint is not None and step % 500 == 499:
             model.eval()
             checkpoint(step + 1)
             model.train()
@@ -221,9 +219,8 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
         log(f"{name}: {steps} steps")
         torch.manual_seed(seed + {"draft": 1, "target": 2}[name])
         model = Qwen2ForCausalLM(_config(tok, name))
-        stop = int(DRAFT_STOP * scale) if name == "draft" else None
         train_lm(model, tok, _problem_stream(name, seed), max(steps, 1), 64, lr, log,
-                 stop_at=None if stop is None else max(stop, 1))
+                 stop_at=max(int(DRAFT_STOP * scale), 1) if name == "draft" else None)
         if name == "target":  # then tool use: calls in the chat template's format, then LlamaIndex's ReAct
             steps, lr = plan["target-tools"]
             log(f"target: {steps} steps of tool use")
