@@ -130,7 +130,7 @@ class _ForwardLog:
     def _hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         n_new = int(ids.shape[-1]) if ids is not None else int(kwargs["inputs_embeds"].shape[1])
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.2x calls it ``cache``
         n_cached = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
         self.calls.append((n_new, n_cached))
 

@@ -351,3 +351,21 @@ def test_score_every_step_reports_rewards_where_nothing_is_decided(toy, threshol
     assert all(s.reward is None for s in plain.steps)
     assert all(isinstance(s.reward, float) and 0.0 <= s.reward <= 1.0 for s in scored.steps)
     assert scored.stats.reward.calls > 0 == plain.stats.reward.calls
+
+
+def test_no_path_passes_transformers_a_deprecated_cache_argument(tiny_paths):
+    """Every engine, the PRM's scorer and the baselines inside ``generate`` hand transformers its KV cache
+    under the name the installed release takes (``cache`` from 5.2x on): no deprecation warning, so the
+    library keeps working once ``past_key_values`` is gone (why the transformers pin could be lifted)."""
+    import warnings
+
+    from rsd_core.baselines import speculative_decoding
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for engine in ("native", "fast", "transformers"):
+            dec = RewardGuidedDecoder.from_pretrained(tiny_paths["draft"], tiny_paths["target"], tiny_paths["prm"],
+                                                      engine=engine, config=RSDConfig(max_new_tokens=12))
+            dec.generate(PROMPTS[:2])
+        speculative_decoding(dec, [PROMPTS[1]])
+    assert not [str(w.message) for w in seen if "past_key_values" in str(w.message)]

@@ -226,6 +226,22 @@ def test_speculative_decoding_matches_target_greedy_and_counts_work(toy):
         assert s.reward.flops == 0
 
 
+def test_forwards_inside_generate_are_counted_with_their_cached_prefix(toy):
+    """The baselines that run inside transformers' ``generate`` count each forward's attention over the
+    tokens already cached (whatever the cache argument is called in the installed transformers)."""
+    import torch
+
+    from rsd_core.baselines import _ForwardLog
+
+    model = toy.target.model
+    log = _ForwardLog(model)
+    try:
+        model.generate(torch.tensor([[5, 6, 7, 8]]), max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    finally:
+        log.close()
+    assert log.calls == [(4, 0), (1, 4), (1, 5), (1, 6)]
+
+
 def test_paper_flops_count_generated_tokens_only(toy):
     # a problem where all three models work (the toy draft is right on most, so look for one the target rewrote)
     results = toy.generate([[{"role": "user", "content": ex.question}] for ex in toy_examples(40, seed=3)])
