@@ -178,11 +178,20 @@ def cmd_plot(a: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in --help, where it has one (an unset option says nothing, not "None")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """Subcommand parsers whose --help shows each option's default."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsShown)
         super().__init__(*args, **kwargs)
 
 
@@ -200,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(g)
     g.set_defaults(fn=cmd_generate)
     e = sub.add_parser("eval", help="accuracy vs compute over a dataset (resumable)")
-    e.add_argument("--dataset", default="toy", help="toy, gsm8k, math500, a JSONL path or a hub dataset name")
+    e.add_argument("--dataset", default="toy", help="toy, toy-reach (1-change problems, numbers in words), gsm8k, math500, a JSONL path or a hub dataset name")
     e.add_argument("--data-file", help="a local JSONL copy of gsm8k / math500 (instead of the hub)")
     e.add_argument("--split", help="hub split (default test)")
     e.add_argument("--methods", default="target,draft,rsd",

@@ -485,3 +485,14 @@ def test_an_option_the_reward_family_lacks_is_named():
 
     with pytest.raises(ValueError, match="'likelihood' reward family .* has no option 'step_token'"):
         load_reward_model(toy_model_paths()["prm"], step_token="\n")
+
+
+def test_help_shows_the_defaults_that_exist(capsys):
+    """``rsd eval --help`` names each option's default, and says nothing for options left unset."""
+    from rsd_core import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: toy)" in text and "(default: target,draft,rsd)" in text and "(default: 0.7)" in text
+    assert "default: None" not in text and "default: False" not in text
