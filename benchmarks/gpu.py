@@ -47,6 +47,12 @@ SHAPES = {  # Qwen2.5-Math public configs
                  intermediate_size=512, vocab_size=1024, tie_word_embeddings=True),
 }
 PROMPT_LEN, STEP, STEPS = 512, 64, 8
+NATIVE_VARIANTS = [  # (result key, HFGenerator options)
+    ("native_ms", dict(device_loop=False)),
+    ("native_graph_ms", dict(device_loop=True)),
+    ("native_graph_t07_ms", dict(device_loop=True, sampling=SamplingConfig(temperature=0.7))),
+    ("native_compiled_ms", dict(device_loop=True, compiled=True)),
+]
 SCHED_STEP = 40  # mean step length in the scheduling comparison
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU only to check the script itself (--quick)
 
@@ -254,6 +260,8 @@ def main() -> int:
     ap.add_argument("--scheduling-batches", default="16",
                     help="batch sizes of the lockstep / no-lockstep comparison (native engine); '' skips it")
     ap.add_argument("--budget-s", type=float, default=420, help="skip optional parts past this many seconds")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="skip the native engine's compiled forward (torch.compile takes a minute or two per model)")
     a = ap.parse_args()
     PROMPT_LEN = a.prompt_len
     t_start = time.perf_counter()
@@ -263,6 +271,20 @@ def main() -> int:
     import transformers
 
     R["transformers"] = transformers.__version__
+
+    def save() -> None:
+        """The results so far, written at every stage: a killed run still leaves its JSON."""
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(R, indent=2) + "\n")
+
+    def over_budget(what: str) -> bool:
+        """Checked before each timed part (the results so far saved)."""
+        save()
+        if time.perf_counter() - t_start > a.budget_s:
+            R["errors"].append(f"skipped {what} and after: time budget ({a.budget_s:g} s) spent")
+            return True
+        return False
+
     bw = copy_bandwidth()
     R["copy_bandwidth_GBps"] = bw / 1e9
     small, big = ("tiny", "tiny") if a.quick else ("1.5B", "7B")
@@ -277,6 +299,7 @@ def main() -> int:
             R["errors"].append(f"check {name}: {e!r}")
             traceback.print_exc()
     per_token: dict[str, dict[str, float]] = {}
+    R["per_token"] = per_token
     gens = {"draft": generator(models["draft"], tok), "target": generator(models["target"], tok)}
     for name in ("draft", "target"):
         row: dict[str, float] = {}
@@ -288,20 +311,28 @@ def main() -> int:
         except Exception as e:
             R["errors"].append(f"ours {name}: {e!r}")
             traceback.print_exc()
-        try:  # the native engine (Llama-family forward over KV slots), eager: no CUDA graph yet
-            native = HFGenerator(m, tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048)
-            row["native_ms"], row["native_chunk64_ms"] = ours_ms_per_token(native, 1000 * (1 + len(per_token)) + 500)
-            del native
-        except Exception as e:
-            R["errors"].append(f"native {name}: {e!r}")
-            traceback.print_exc()
+        # The native engine (Llama-family forward over KV slots): its host loop (eager, a sync per token),
+        # its device loop (each token one CUDA graph, 8 tokens per host check), and that loop's forward
+        # compiled (fused kernels inside the graph); greedy, and the device loop at T = 0.7.
+        for key, kw in NATIVE_VARIANTS:
+            if key == "native_compiled_ms" and not a.compile:
+                continue
+            try:
+                native = HFGenerator(m, tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048, **kw)
+                row[key], row[key.replace("_ms", "_chunk64_ms")] = ours_ms_per_token(
+                    native, 1000 * (1 + len(per_token)) + 500)
+                row[key.replace("_ms", "_fraction_of_limit")] = row["limit_ms"] / row[key]
+                del native
+            except Exception as e:
+                R["errors"].append(f"{key} {name}: {e!r}")
+                traceback.print_exc()
+            save()
         try:
             row["hf_eager_ms"] = hf_ms_per_token(m, static=False)
         except Exception as e:
             R["errors"].append(f"hf eager {name}: {e!r}")
         per_token[name] = row
         print(name, json.dumps(row), flush=True)
-    R["per_token"] = per_token
     # The PRM scores each 64-token step with one chunk forward over its own cache.
     prm_cache = FastCachedModel(models["prm"], 0, keep_last_logits_only=False, max_len=2048)
     try:
@@ -316,45 +347,48 @@ def main() -> int:
         R["errors"].append(f"prm chunk: {e!r}")
     dec = RewardGuidedDecoder(gens["draft"], gens["target"], AlphaReward(prm_cache, 0.8), RSDConfig())
     R["rsd"] = []
-
-    def over_budget(what: str) -> bool:
-        """Checked before each timed part, and the results so far saved: a killed run still leaves its JSON."""
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(R, indent=2) + "\n")
-        if time.perf_counter() - t_start > a.budget_s:
-            R["errors"].append(f"skipped {what} and after: time budget ({a.budget_s:g} s) spent")
-            return True
-        return False
-
-    for b in [int(x) for x in a.batches.split(",")]:
-        prompts = [f"problem {i}" for i in range(b)]
-        if over_budget(f"batch {b}"):
-            break
-        try:
-            # Warm-up at this batch size: slots grow to it and the graphs for its shapes are captured.
-            run_rsd(dec, prompts, 0.5)
-            run_rsd(dec, prompts, None)
-            base = run_rsd(dec, prompts, None)
-            R["rsd"].append(base)
-            print(json.dumps(base), flush=True)
-            for alpha in [float(x) for x in a.alphas.split(",")]:
-                if over_budget(f"batch {b} alpha {alpha}"):
-                    break
-                r = run_rsd(dec, prompts, alpha)
-                r["speedup"] = base["wall_s"] / r["wall_s"]
-                if b == 1 and "ours_ms" in per_token["target"]:
-                    t_t, t_d = per_token["target"]["ours_ms"], per_token["draft"]["ours_ms"]
-                    t_c = per_token["target"].get("chunk64_ms", t_t)
-                    rsd_step = STEP * t_d + R.get("prm_chunk64_ms", 0) + (1 - alpha) * (STEP * t_t + t_c)
-                    r["ideal_speedup"] = STEP * t_t / rsd_step
-                    r["fraction_of_ideal"] = r["speedup"] / r["ideal_speedup"]
-                R["rsd"].append(r)
-                print(json.dumps(r), flush=True)
-        except Exception as e:
-            R["errors"].append(f"rsd batch {b}: {e!r}")
-            traceback.print_exc()
-        if time.perf_counter() - t_start > a.budget_s:
-            break
+    # RSD vs target-only on the CUDA-graph path over transformers' modules ("fast"), at every batch size,
+    # and on the native engine's graphed device loop at batch 1; each beside the ideal from its own
+    # per-token times (this run).
+    engines = [("fast", dec, [int(x) for x in a.batches.split(",")], "ours_ms", "chunk64_ms")]
+    if "native_graph_ms" in per_token["target"]:
+        native_dec = RewardGuidedDecoder(
+            HFGenerator(models["draft"], tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048,
+                        device_loop=True),
+            HFGenerator(models["target"], tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048,
+                        device_loop=True),
+            AlphaReward(prm_cache, 0.8), RSDConfig())
+        engines.append(("native", native_dec, [1], "native_graph_ms", "native_graph_chunk64_ms"))
+    for engine, d, batches, ms_key, chunk_key in engines:
+        for b in batches:
+            prompts = [f"problem {i}" for i in range(b)]
+            if over_budget(f"{engine} batch {b}"):
+                break
+            try:
+                # Warm-up at this batch size: slots grow to it and the graphs for its shapes are captured.
+                run_rsd(d, prompts, 0.5)
+                run_rsd(d, prompts, None)
+                base = run_rsd(d, prompts, None) | {"engine": engine}
+                R["rsd"].append(base)
+                print(json.dumps(base), flush=True)
+                for alpha in [float(x) for x in a.alphas.split(",")]:
+                    if over_budget(f"{engine} batch {b} alpha {alpha}"):
+                        break
+                    r = run_rsd(d, prompts, alpha) | {"engine": engine}
+                    r["speedup"] = base["wall_s"] / r["wall_s"]
+                    if b == 1 and ms_key in per_token["target"] and ms_key in per_token["draft"]:
+                        t_t, t_d = per_token["target"][ms_key], per_token["draft"][ms_key]
+                        t_c = per_token["target"].get(chunk_key, t_t)
+                        rsd_step = STEP * t_d + R.get("prm_chunk64_ms", 0) + (1 - alpha) * (STEP * t_t + t_c)
+                        r["ideal_speedup"] = STEP * t_t / rsd_step
+                        r["fraction_of_ideal"] = r["speedup"] / r["ideal_speedup"]
+                    R["rsd"].append(r)
+                    print(json.dumps(r), flush=True)
+            except Exception as e:
+                R["errors"].append(f"rsd {engine} batch {b}: {e!r}")
+                traceback.print_exc()
+            if time.perf_counter() - t_start > a.budget_s:
+                break
     # Scheduling: lockstep rounds against none, on the native engine (the fast path above is lockstep
     # only), with sampled steps of varied length. The native engine re-points the models' weights, so
     # this runs after everything that uses the CUDA-graph generators.
@@ -401,19 +435,24 @@ def print_table(R: dict[str, Any]) -> None:
     f = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
     print(f"\n{R['device']}, torch {R['torch']}, transformers {R['transformers']}, "
           f"copy bandwidth {R['copy_bandwidth_GBps']:.0f} GB/s, {R['total_s']:.0f} s")
-    print("| model | HF eager ms/tok | HF static ms/tok | ours (fast) ms/tok | native engine ms/tok | limit ms/tok "
-          "| fast / limit | fast==plain |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("ms per token at batch 1 (bandwidth limit: weight bytes / copy bandwidth); native: the engine's host "
+          "loop, its device loop (CUDA graphs), the same at T = 0.7, and with its forward compiled")
+    print("| model | HF eager | HF static | fast (graphs over HF modules) | native host loop | native graphs "
+          "| native graphs T=0.7 | native compiled | limit | best / limit | fast==plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in R["per_token"].items():
         chk = R["check"].get(name, {})
+        ours = [row[k] for k in ("ours_ms", "native_graph_ms", "native_compiled_ms") if k in row]
+        best = row["limit_ms"] / min(ours) if ours and "limit_ms" in row else None
         print(f"| {name} | {f(row.get('hf_eager_ms'))} | {f(row.get('hf_static_ms'))} | {f(row.get('ours_ms'))} | "
-              f"{f(row.get('native_ms'))} | "
-              f"{f(row.get('limit_ms'))} | {f(row.get('fraction_of_limit'))} | "
+              f"{f(row.get('native_ms'))} | {f(row.get('native_graph_ms'))} | {f(row.get('native_graph_t07_ms'))} | "
+              f"{f(row.get('native_compiled_ms'))} | {f(row.get('limit_ms'))} | {f(best)} | "
               f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} |")
-    print("\n| batch | α | wall s | problems/s | acceptance | speedup vs target-only | ideal | of ideal |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| engine | batch | α | wall s | problems/s | acceptance | speedup vs target-only | ideal | of ideal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in R["rsd"]:
-        print(f"| {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | {r['wall_s']:.2f} | "
+        print(f"| {r.get('engine', 'fast')} | {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | "
+              f"{r['wall_s']:.2f} | "
               f"{r['problems_per_s']:.2f} | {f(r['acceptance'])} | {f(r.get('speedup'))} | "
               f"{f(r.get('ideal_speedup'))} | {f(r.get('fraction_of_ideal'))} |")
     if R.get("scheduling"):

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.runtime.cached_model import cache_kwarg, embedding_weight
+from rsd_core.runtime.graphs import Graphs
 from rsd_core.runtime.ledger import Ledger
 from rsd_core.sampling import Draws, sample_next
 
@@ -130,8 +131,7 @@ class FastCachedModel:
             "gen": torch.zeros(S, self.max_len, dtype=torch.long, device=dev),
         }
         self._chunk_in: dict[int, dict[str, torch.Tensor]] = {}
-        self._graphs: dict[tuple, tuple[Any, Any]] = {}
-        self._pool: Any = None
+        self._graphs = Graphs(self.use_cuda_graph)
 
     def _grow(self, need: int) -> None:
         """More slots: copy the live ones into a bigger cache (rare: the batch grew)."""
@@ -350,32 +350,4 @@ class FastCachedModel:
 
     def _replay(self, key: tuple, body: Any) -> torch.Tensor:
         """Run ``body`` through a CUDA graph captured on first use (eagerly off CUDA)."""
-        if not self.use_cuda_graph:
-            return body()
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(body)
-        graph, out = self._graphs[key]
-        graph.replay()
-        return out
-
-    def _capture(self, body: Any) -> tuple[Any, Any]:
-        # Warm-up runs and the capture write to the cache and the state: save and restore what they touch.
-        saved = {k: v.clone() for k, v in self.d.items()}
-        ptr0, valid0 = self.kv.ptr.clone(), self.valid.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # lazily initialised kernels and workspaces, outside the graph
-                body()
-                self.kv.ptr.copy_(ptr0)
-        torch.cuda.current_stream().wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = body()
-        for k, v in saved.items():
-            self.d[k].copy_(v)
-        self.kv.ptr.copy_(ptr0)
-        self.valid.copy_(valid0)
-        return graph, out
+        return self._graphs.run(key, body, state=[*self.d.values(), self.kv.ptr, self.valid])

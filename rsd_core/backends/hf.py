@@ -74,12 +74,16 @@ class HFGenerator(ChatPrompts):
         fast: bool | None = None,
         engine: Engine = "auto",
         max_len: int | None = None,
+        device_loop: bool | None = None,
+        compiled: bool = False,
     ):
         """``engine``: ``native`` (the Llama family's own forward over KV slots, ``runtime/native_engine.py``),
         ``fast`` (static cache and CUDA graphs over transformers' modules, ``backends/fast.py``),
         ``transformers`` (its forward and cache) or ``auto`` (see ``pick_engine``). ``max_len``: the most
         tokens a sequence's cache holds: for ``native``, the model's context by default (columns are
-        allocated as sequences grow); for ``fast``, 4096 (allocated at once)."""
+        allocated as sequences grow); for ``fast``, 4096 (allocated at once). ``device_loop``: the native
+        engine decodes with its loop on the device, a few tokens per host check, each token a CUDA graph
+        (default: on CUDA); ``compiled``: that loop's forward goes through ``torch.compile`` (fused kernels)."""
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
@@ -91,7 +95,8 @@ class HFGenerator(ChatPrompts):
         self.engine = pick_engine(model, engine, fast, native_len)
         self.cached: CachedModel | FastCachedModel | NativeCachedModel
         if self.engine == "native":
-            self.cached = NativeCachedModel(model, pad, max_len=native_len)
+            self.cached = NativeCachedModel(model, pad, max_len=native_len, device_loop=device_loop,
+                                            compiled=compiled)
             self.context_length = native_len
         elif self.engine == "fast":
             self.cached = FastCachedModel(model, pad, max_len=max_len or 4096)

@@ -26,6 +26,7 @@ import torch
 from rsd_core.accounting import FlopCounter
 from rsd_core.config import SamplingConfig
 from rsd_core.runtime.cached_model import CachedModel, embedding_weight
+from rsd_core.runtime.device_loop import DeviceLoop
 from rsd_core.runtime.ledger import Ledger, Ledgers
 from rsd_core.runtime.native_forward import NativeForward, native_unsupported
 from rsd_core.sampling import Draws, sample_next
@@ -45,7 +46,11 @@ class SlotSeq(Ledger):
 class NativeCachedModel(Ledgers):
     """Same interface as ``CachedModel`` (``new``/``append``/``truncate``/``release``/``run``/``states``)."""
 
-    def __init__(self, model: Any, pad_id: int, max_len: int = 4096):
+    def __init__(self, model: Any, pad_id: int, max_len: int = 4096, device_loop: bool | None = None,
+                 window: int = 8, compiled: bool = False):
+        """``device_loop``: decode with the loop's state on the device, ``window`` tokens per host check,
+        each token a replayed CUDA graph (``runtime/device_loop.py``); default: on CUDA only. ``compiled``:
+        its forward through ``torch.compile`` too."""
         self.model, self.pad_id = model, pad_id
         self.forward = NativeForward.build(model, max_len)
         self.cache = self.forward.new_cache(1)
@@ -54,6 +59,8 @@ class NativeCachedModel(Ledgers):
         self.states: dict[int, SlotSeq] = {}
         self.forwards = 0  # forward passes so far (all sequences together)
         self.forward_rows = 0  # rows those forwards read, summed (a row is a sequence writing or reading)
+        use = self.device.type == "cuda" if device_loop is None else device_loop
+        self.device_loop = DeviceLoop(self, window=window, compiled=compiled) if use else None
 
     @property
     def device(self) -> torch.device:
@@ -164,9 +171,14 @@ class NativeCachedModel(Ledgers):
         if resume is not None:
             gens = [list(r) for r in resume]
             first_prev = [r[-1] if r else boundary.none for r in resume]
+        books = [_Unsettled(s.n_cached) for s in states]
+        if self.device_loop is not None and constrained is None:
+            eos = self.device_loop.decode(states, logits[:, -1] if all_positions else logits, budgets, sampling,
+                                          draws, boundary, limit, first_prev, on_step_end, gens, books, probs_out)
+            self._settle(states, books)
+            return logits, gens, eos
         prev = torch.tensor(first_prev if first_prev is not None else [boundary.none] * B, device=dev)
         full = logits.clone()  # the newest logits of every row (rows that finished keep stale ones, unread)
-        books = [_Unsettled(s.n_cached) for s in states]
         active = list(range(B))
         while active:
             drawn: list[torch.Tensor] = []
@@ -232,12 +244,15 @@ class NativeCachedModel(Ledgers):
                 st.own_unfed = 0
                 books[i].fed += 1
             full[torch.tensor(active, device=dev)] = out
-        for s, book in zip(states, books):
-            book.settle(s, self.flops)
-            s.own_unfed = 1 if s.n_cached < len(s.ids) else 0
+        self._settle(states, books)
         if probs_out is not None:
             probs_out[:] = [torch.stack(p) if p else None for p in row_probs]
         return logits, gens, eos
+
+    def _settle(self, states: list[SlotSeq], books: list[_Unsettled]) -> None:
+        for s, book in zip(states, books):
+            book.settle(s, self.flops)
+            s.own_unfed = 1 if s.n_cached < len(s.ids) else 0
 
 
 def scorer_cache(model: Any, pad_id: int, keep_last_logits_only: bool = True) -> CachedModel | NativeCachedModel:

@@ -150,9 +150,9 @@ class NativeForward:
         self.max_len = max_len  # the RoPE table's positions (and so the longest sequence)
         self._rotary = inner.rotary_emb
         self.cos = self.sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
-        self._rope_upto(min(max_len, 4096))
+        self.rope_upto(min(max_len, 4096))
 
-    def _rope_upto(self, n: int) -> None:
+    def rope_upto(self, n: int) -> None:
         """The RoPE table ([positions, head_dim]) for at least ``n`` positions, computed by the model's own
         rotary embedding (so every scaling type it knows gives its angles)."""
         if n <= self.cos.shape[0]:
@@ -190,7 +190,7 @@ class NativeForward:
         start = torch.tensor(starts, device=dev)
         pos = start[:, None] + torch.arange(N, device=dev)  # [B, N]
         L = max(starts) + N
-        self._rope_upto(L)
+        self.rope_upto(L)
         contiguous = slots == list(range(slots[0], slots[0] + B))
         slot_t = torch.tensor(slots, device=dev)
         mask = None
@@ -206,10 +206,26 @@ class NativeForward:
             x = x[torch.arange(B, device=dev), torch.tensor(last, device=dev)]
         return self.lm_head(_rms_norm(x, self.norm, self.norm_eps))
 
+    def decode_slots(self, tok: torch.Tensor, pos: torch.Tensor, cols: torch.Tensor, L: int,
+                     cache: SlotCache) -> torch.Tensor:
+        """Logits [S, V] for one new token per slot, every slot of ``cache`` in order: ``tok[s]`` at
+        position ``pos[s]``, its K/V written at column ``cols[s]`` (the scratch column for a slot with
+        nothing to write). Reads columns ``:L`` of each slot, up to its own position. Device tensors only,
+        no host work and fixed shapes: a CUDA graph can capture it (``runtime/device_loop.py``)."""
+        S = tok.shape[0]
+        p = pos[:, None]
+        mask = (torch.arange(L, device=self.device)[None, None, :] <= p[:, :, None])[:, None]  # [S, 1, 1, L]
+        rows = torch.arange(S, device=self.device)[:, None]
+        x = self._layers(self.embed[tok[:, None]], p, rows, None, 0, L, mask, False, cache.keys, cache.values,
+                         cols=cols[:, None])
+        return self.lm_head(_rms_norm(x[:, 0], self.norm, self.norm_eps))
+
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, slot_t: torch.Tensor | None, first: int,
                 L: int, mask: torch.Tensor | None, causal: bool, kcs: list[torch.Tensor],
-                vcs: list[torch.Tensor]) -> torch.Tensor:
+                vcs: list[torch.Tensor], cols: torch.Tensor | None = None) -> torch.Tensor:
+        """``cols``: where each new token's K/V go (default: at its position)."""
         B, N = rows.shape
+        cols = pos if cols is None else cols
         H, K, D = self.heads, self.kv_heads, self.head_dim
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # [B, N, 1, D]
         for layer, kc, vc in zip(self.layers, kcs, vcs):
@@ -219,8 +235,8 @@ class NativeForward:
             if layer.q_norm is not None and layer.k_norm is not None:
                 q, k = _rms_norm(q, layer.q_norm, layer.eps), _rms_norm(k, layer.k_norm, layer.eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kc[rows, :, pos] = k  # each slot's new tokens at its own length
-            vc[rows, :, pos] = v
+            kc[rows, :, cols] = k  # each slot's new tokens at its own length
+            vc[rows, :, cols] = v
             if slot_t is None:  # the batch's slots are consecutive: a view, no gather
                 keys, values = kc[first:first + B, :, :L], vc[first:first + B, :, :L]
             else:

@@ -2,7 +2,9 @@
 
 Each sequence owns one slot: per layer, K and V of shape ``[kv_heads, max_len, head_dim]``, and a length
 (how many leading columns hold its tokens). A forward over new tokens writes them at each slot's own
-length; rolling a step back is ``length -= n``; nothing is ever compacted, masked out or shared.
+length; rolling a step back is ``length -= n``; nothing is ever compacted, masked out or shared. One more
+column past ``capacity`` is never read: a batch row with nothing to write (a slot idle in a static-shape
+decode) writes there.
 
 Example:
     >>> import torch
@@ -27,18 +29,20 @@ class SlotCache:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths: list[int] = []  # host copy: the decoder's bookkeeping reads it without a device sync
-        self.capacity = 0  # columns allocated per slot
+        self.capacity = 0  # columns allocated per slot (one more, the scratch column, is never read)
+        self.generation = 0  # bumped whenever the tensors are reallocated (captured graphs read the old ones)
         self._free: list[int] = []
         self._grow(slots, min(max_len, 256))
 
     def _grow(self, slots: int, columns: int) -> None:
         old, old_cols = len(self.lengths), self.capacity
-        shape = (slots, self.kv_heads, columns, self.head_dim)
+        shape = (slots, self.kv_heads, columns + 1, self.head_dim)
         keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         for new, cur in zip(keys + values, self.keys + self.values):
-            new[:old, :, :old_cols] = cur
+            new[:old, :, :old_cols] = cur[:, :, :old_cols]
         self.keys, self.values, self.capacity = keys, values, columns
+        self.generation += 1
         self.lengths += [0] * (slots - old)
         self._free += list(range(old, slots))
 

@@ -1,0 +1,237 @@
+"""The native engine's decode loop with its state on the device: several tokens between host checks.
+
+On a GPU the host loop of ``native_engine.py`` costs more than the model: every token it launches each
+layer's kernels one by one and waits for the sampled token to decide which rows go on. Here the loop's
+state (each slot's token, position, step length, budget, whether it is still writing) lives in device
+tensors, and one token is one body of device work (``_token``: the forward of every slot, sampling, the
+step-end test, the bookkeeping), captured as a CUDA graph and replayed. The host looks only every
+``window`` tokens: it reads which rows ended their step, hands them to the step hook, and restarts or
+drops them. A row whose step ends inside a window idles (writing to the cache's scratch column) until
+that check, so no forward runs more than ``window - 1`` tokens past a step's end.
+
+Every slot of the cache is a row, in slot order (no gather of K/V); slots outside the call are idle
+rows. Greedy and seeded sampling stay inside the graph (``sampling.Draws``), and so does keeping the
+distributions a sampled step was drawn from (for the target's speculated rewrite of it); rows under a
+grammar take the host loop. Off CUDA the same bodies run eagerly (tests compare both loops token for token).
+
+Example:
+    >>> eng = NativeCachedModel(model, pad_id=0, device_loop=True)          # doctest: +SKIP
+    >>> eng.new(0, prompt_ids)                                              # doctest: +SKIP
+    >>> _, gens, eos = eng.run([0], budgets=[64], sampling=SamplingConfig(), boundary=boundary)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rsd_core.config import SamplingConfig
+from rsd_core.runtime.graphs import Graphs
+from rsd_core.sampling import Draws, sample_next
+
+if TYPE_CHECKING:
+    from rsd_core.runtime.native_engine import NativeCachedModel, SlotSeq, StepHook
+
+# logits -> each row's token (appending the distributions drawn from to the list, when kept)
+Pick = Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor]
+
+BUCKET = 256  # attention length granularity: one graph per bucket in use
+
+
+class DeviceLoop:
+    """Decode state and captured token bodies for one ``NativeCachedModel``."""
+
+    def __init__(self, engine: NativeCachedModel, window: int = 8, graphs: bool | None = None,
+                 compiled: bool = False):
+        """``graphs``: capture each token's body as a CUDA graph (default: on CUDA). ``compiled``: the
+        forward through ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
+        self.eng = engine
+        self.window = max(1, window)
+        self.graphs = Graphs(engine.device.type == "cuda" if graphs is None else graphs)
+        fwd = engine.forward.decode_slots
+        self._decode_slots = torch.compile(fwd, dynamic=True) if compiled else fwd
+        self._slots = -1  # how many slots the state tensors were made for
+        self.s: dict[str, torch.Tensor] = {}
+        self.draws: Draws | None = None
+        self.probs: torch.Tensor | None = None  # [slots, window + 2, vocab]: the window's distributions, when kept
+
+    # ------------------------------------------------------------------ state
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The state tensors, one row per slot (remade when the cache gains slots); graphs captured
+        against tensors the cache has since reallocated are dropped."""
+        cache = self.eng.cache
+        if cache.slots != self._slots:
+            S, dev, long = cache.slots, self.eng.device, torch.long
+            self.s = {name: torch.zeros(S, dtype=long, device=dev)
+                      for name in ("tok", "prev", "pos", "n_gen", "budget", "m", "fed")}
+            self.s.update({name: torch.zeros(S, dtype=torch.bool, device=dev) for name in ("live", "ended", "eos")})
+            self.s["out"] = torch.zeros(S, self.window + 2, dtype=long, device=dev)  # the window's tokens
+            self.draws = Draws(torch.zeros(S, dtype=long, device=dev), torch.zeros(S, dtype=long, device=dev))
+            self._slots = S
+            self.graphs.forget(lambda key: False)
+        gen = (cache.generation, self.eng.forward.cos.shape[0])
+        self.graphs.forget(lambda key: key[0] == gen)  # type: ignore[index]
+        return self.s
+
+    # ------------------------------------------------------------------ device bodies
+    def _record(self, logits: torch.Tensor, pick: Pick, boundary: Any) -> None:
+        """Sample each live row's next token and note it: the step's length, its end, the window's tokens
+        (and the distributions they were drawn from, when kept)."""
+        s = self.s
+        live = s["live"]
+        drawn: list[torch.Tensor] = []
+        tok = pick(logits, drawn)
+        step_end, is_eos = boundary.ends(s["prev"], tok)
+        at = s["m"].clamp(max=self.window + 1)  # idle rows write past their count
+        s["out"].scatter_(1, at[:, None], tok[:, None])
+        if drawn and self.probs is not None:
+            V = drawn[0].shape[-1]
+            self.probs[:, :, :V].scatter_(1, at[:, None, None].expand(-1, 1, V), drawn[0][:, None, :])
+        s["m"].add_(live.long())
+        s["n_gen"].add_(live.long())
+        s["eos"].logical_or_(live & is_eos)
+        done = live & (step_end | is_eos | (s["n_gen"] >= s["budget"]))
+        s["ended"].logical_or_(done)
+        s["prev"].copy_(torch.where(live, tok, s["prev"]))
+        s["tok"].copy_(torch.where(live, tok, s["tok"]))
+        s["live"].logical_and_(~done)
+
+    def _token(self, L: int, pick: Pick, boundary: Any) -> torch.Tensor:
+        """One token for every live row: read its newest token, then pick the next. Idle rows compute too
+        (fixed shapes), at position 0, writing to the scratch column."""
+        s, cache = self.s, self.eng.cache
+        live = s["live"]
+        pos = torch.where(live, s["pos"], 0)
+        cols = torch.where(live, s["pos"], cache.capacity)
+        logits = self._decode_slots(s["tok"], pos, cols, L, cache)
+        s["pos"].add_(live.long())
+        s["fed"].add_(live.long())
+        self._record(logits, pick, boundary)
+        return s["tok"]
+
+    # ------------------------------------------------------------------ the loop
+    def decode(self, states: list[SlotSeq], logits: torch.Tensor, budgets: list[int], sampling: SamplingConfig,
+               draws: Draws | None, boundary: Any, limit: int, first_prev: list[int] | None,
+               on_step_end: StepHook | None, gens: list[list[int]], books: list[Any],
+               probs_out: list[torch.Tensor | None] | None = None) -> list[bool]:
+        """As ``NativeCachedModel.run``'s host loop, from the logits of the rows' pending tokens: fills
+        ``gens`` (the tokens of each row's unfinished step; with ``on_step_end``, finished steps go to
+        it), keeps each ledger up to date, and returns each row's end-of-sequence flag. ``probs_out``
+        (sampling only): filled with the distributions of each row's unfinished step."""
+        eng, cache = self.eng, self.eng.cache
+        s = self._state()
+        dev, S = eng.device, cache.slots
+        slots = torch.tensor([st.slot for st in states], device=dev)
+        by_slot = self.draws if draws is not None and not sampling.greedy else None
+        for t in s.values():
+            t.zero_()
+        s["live"][slots] = True
+        s["budget"][slots] = torch.tensor(budgets, device=dev)
+        s["n_gen"][slots] = torch.tensor([len(g) for g in gens], device=dev)  # a resumed step's tokens count
+        s["prev"].fill_(boundary.none)
+        if first_prev is not None:
+            s["prev"][slots] = torch.tensor(first_prev, device=dev)
+        s["pos"][slots] = torch.tensor([cache.lengths[st.slot] for st in states], device=dev)
+        if by_slot is not None and draws is not None:
+            by_slot.keys[slots] = draws.keys
+            by_slot.counts[slots] = draws.counts
+
+        keep = probs_out is not None and not sampling.greedy
+        if keep and (self.probs is None or self.probs.shape[0] != S or self.probs.shape[2] < limit):
+            self.probs = torch.zeros(S, self.window + 2, limit, device=dev)
+            self.graphs.forget(lambda key: False)
+        row_probs: list[list[torch.Tensor]] = [[] for _ in states]
+
+        def pick(lg: torch.Tensor, drawn: list[torch.Tensor]) -> torch.Tensor:
+            tok = sample_next(lg[:, :limit], sampling, by_slot, drawn if keep else None)
+            if by_slot is not None:
+                by_slot.advance(s["live"])
+            return tok
+
+        full = logits.new_zeros((S, logits.shape[-1]))
+        full[slots] = logits
+        self._record(full, pick, boundary)  # the first token, from the pending tokens' logits
+        eos = [False] * len(states)
+        writing = set(range(len(states)))
+        mode = (limit, id(boundary), sampling.temperature, sampling.top_p, sampling.top_k, by_slot is not None, keep)
+        while not self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None) \
+                and writing:
+            # Room for one more window in every writing slot (budgets keep rows inside max_len), then the
+            # window itself, with no host check inside it.
+            top = max(cache.lengths[states[i].slot] for i in writing) + self.window + 1
+            cache.reserve(min(top, cache.max_len))
+            L = min(cache.capacity, -(-top // BUCKET) * BUCKET)
+            eng.forward.rope_upto(L)
+            s = self._state()
+            key = ((cache.generation, eng.forward.cos.shape[0]), S, L, mode)
+            state = [*s.values(), *([by_slot.counts] if by_slot is not None else []),
+                     *([self.probs] if keep and self.probs is not None else [])]
+            for _ in range(self.window):
+                self.graphs.run(key, lambda: self._token(L, pick, boundary), state=state)
+            eng.forwards += self.window
+        if by_slot is not None and draws is not None:
+            draws.counts.copy_(by_slot.counts[slots])
+        if probs_out is not None:
+            probs_out[:] = [torch.cat(p) if p else None for p in row_probs]
+        return eos
+
+    def _check(self, states: list[SlotSeq], writing: set[int], gens: list[list[int]], books: list[Any],
+               eos: list[bool], on_step_end: StepHook | None, boundary: Any,
+               row_probs: list[list[torch.Tensor]] | None) -> bool:
+        """The host's look at the device: each row's tokens since the last look go to its ledger; the rows
+        whose step ended go to the hook, which says who writes on. True: every row stops where it is."""
+        s, cache, dev = self.s, self.eng.cache, self.eng.device
+        m, fed, ended, at_eos = (x.tolist() for x in (s["m"], s["fed"], s["ended"], s["eos"]))
+        out = s["out"].tolist()
+        finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
+        for i in sorted(writing):
+            st = states[i]
+            slot = st.slot
+            new = out[slot][: m[slot]]
+            gens[i].extend(new)
+            st.ids.extend(new)
+            cache.lengths[slot] += fed[slot]
+            st.n_cached += fed[slot]
+            st.own_unfed = 1 if st.n_cached < len(st.ids) else 0
+            books[i].generated += len(new)
+            books[i].fed += fed[slot]
+            if row_probs is not None and self.probs is not None and new:  # copied: the buffer is rewritten
+                row_probs[i].append(self.probs[slot, : len(new), : self.probs.shape[2]].clone())
+            self.eng.forward_rows += fed[slot]
+            eos[i] = eos[i] or bool(at_eos[slot])
+            if ended[slot]:
+                writing.discard(i)
+                if on_step_end is not None:
+                    books[i].settle(st, self.eng.flops)
+                    probs = None
+                    if row_probs is not None and row_probs[i]:
+                        probs, row_probs[i] = torch.cat(row_probs[i]), []
+                    finished.append((i, gens[i], bool(at_eos[slot]), probs))
+        for name in ("m", "fed", "ended"):
+            s[name].zero_()
+        if not finished:
+            return False
+        assert on_step_end is not None
+        nexts = on_step_end(finished)
+        for i, _, _, _ in finished:
+            gens[i] = []
+        if any(n < 0 for n in nexts):  # rows mid-step stop where they are (their tokens are in the ledger)
+            s["live"].zero_()
+            return True
+        fresh = [(i, n) for (i, _, at_end, _), n in zip(finished, nexts) if n > 0 and not at_end]
+        if fresh:  # they write their next step from where their ledger stands
+            rows = [states[i] for i, _ in fresh]
+            if any(len(st.pending) != 1 for st in rows):
+                raise RuntimeError("internal: a row goes on with other than its own newest token pending")
+            idx = torch.tensor([st.slot for st in rows], device=dev)
+            s["tok"][idx] = torch.tensor([st.ids[-1] for st in rows], device=dev)
+            s["pos"][idx] = torch.tensor([cache.lengths[st.slot] for st in rows], device=dev)
+            s["budget"][idx] = torch.tensor([n for _, n in fresh], device=dev)
+            s["prev"][idx] = boundary.none  # a new step starts: no delimiter straddles into it
+            s["n_gen"][idx] = 0
+            s["eos"][idx] = False
+            s["live"][idx] = True
+            writing.update(i for i, _ in fresh)
+        return False

@@ -1,0 +1,141 @@
+"""The native engine's device loop (state on the device, a window of tokens per host check, each token a
+graph body) against its host loop: the same tokens, steps, ledgers and counts, whatever the window.
+
+On CPU the bodies run eagerly; on CUDA the same bodies are captured and replayed (benchmarks/gpu.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsd_core import RewardGuidedDecoder, RSDConfig, SamplingConfig
+from rsd_core.backends.hf import HFGenerator
+from rsd_core.runtime.device_loop import DeviceLoop
+from rsd_core.runtime.graphs import Graphs
+
+from test_decoder import PROMPTS, every_other_step
+from test_native_engine import staggered, trace
+
+MORE = PROMPTS + ["Dan has 7 cats and 2 dogs.", "Eve reads 3 books a week."]
+
+
+def pair(paths, reward=every_other_step, window=8, **cfg):
+    """The same decoder twice: host loop, and device loop with ``window`` tokens per check."""
+    config = RSDConfig(max_new_tokens=cfg.pop("max_new_tokens", 40), max_step_tokens=cfg.pop("max_step_tokens", 6),
+                       **cfg)
+    out = []
+    for loop in (False, True):
+        d = HFGenerator.from_pretrained(paths["draft"], device_loop=loop)
+        t = HFGenerator.from_pretrained(paths["target"], device_loop=loop)
+        if loop:
+            for g in (d, t):
+                g.cached.device_loop = DeviceLoop(g.cached, window=window)
+        out.append(RewardGuidedDecoder(d, t, reward, config))
+    return out
+
+
+def same(a, b):
+    for x, y in zip(a, b):
+        assert trace(x) == trace(y) and x.text == y.text and x.finish_reason == y.finish_reason
+        assert [s.reward for s in x.steps] == [s.reward for s in y.steps]
+        assert (x.stats.rewritten_steps, x.stats.speculated_tokens, x.stats.rewrite_forwards) == (
+            y.stats.rewritten_steps, y.stats.speculated_tokens, y.stats.rewrite_forwards)
+        for m in ("draft", "target"):
+            u, v = getattr(x.stats, m), getattr(y.stats, m)
+            assert (u.prefill_tokens, u.decode_tokens, u.calls) == (v.prefill_tokens, v.decode_tokens, v.calls), m
+            assert u.flops == pytest.approx(v.flops) and u.paper_flops == v.paper_flops
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_device_loop_writes_what_the_host_loop_writes(tiny_paths, window):
+    host, device = pair(tiny_paths, staggered, window=window)
+    assert device.draft.cached.device_loop is not None and host.draft.cached.device_loop is None
+    same(device.generate(MORE), host.generate(MORE))
+    for dec in (host, device):  # every sequence released, every slot free again
+        assert dec.draft.cached.states == {} and len(dec.draft.cached.cache._free) == dec.draft.cached.cache.slots
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0])
+def test_device_loop_single_model_runs(tiny_paths, threshold):
+    """Draft only and target only: a row writes its steps back to back inside one decode."""
+    host, device = pair(tiny_paths, None, threshold=threshold, max_new_tokens=48)
+    same(device.generate(MORE), host.generate(MORE))
+    one_host, one_device = host.generate(MORE[:1]), device.generate(MORE[:1])
+    same(one_device, one_host)
+
+
+def test_device_loop_in_lockstep_rounds_and_with_grouped_scores(tiny_paths):
+    for cfg in ({"scheduler": "lockstep"}, {"score_batch": 3, "target_batch": None}):
+        host, device = pair(tiny_paths, staggered, **cfg)
+        same(device.generate(MORE), host.generate(MORE))
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+def test_device_loop_samples_the_same_seeded_text(tiny_paths, rewrite):
+    """Sampling stays inside the body: each row's own random stream, so the seeded text is the host
+    loop's, alone or in a batch. (A sampled draft whose rejected steps the target verifies keeps its
+    distributions: that draft takes the host loop.)"""
+    sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=20)
+    host, device = pair(tiny_paths, staggered, draft_sampling=sampled, target_sampling=sampled, seed=5,
+                        speculative_rewrite=rewrite)
+    a, b = device.generate(MORE), host.generate(MORE)
+    same(a, b)
+    assert [r.text for r in device.generate(MORE[2:3])] == [a[2].text]
+    assert sum(r.stats.rewritten_steps for r in a) > 0
+
+
+@pytest.mark.slow
+def test_compiled_device_loop_writes_what_the_host_loop_writes(tiny_paths):
+    """The forward through torch.compile (inductor; on CPU its C++ backend): the same tokens."""
+    host, device = pair(tiny_paths, staggered, window=4)
+    for g in (device.draft, device.target):
+        g.cached.device_loop = DeviceLoop(g.cached, window=4, compiled=True)
+    same(device.generate(MORE), host.generate(MORE))
+
+
+def test_device_loop_crosses_cache_growth_and_budgets(tiny_paths):
+    """A prompt past the first 256 cache columns (the slots grow mid-run), tight budgets, max_new_tokens
+    hit inside a window."""
+    long_prompt = "Ann has 12 apples. " * 40
+    host, device = pair(tiny_paths, staggered, window=5, max_new_tokens=23, max_step_tokens=4)
+    same(device.generate([long_prompt, *MORE]), host.generate([long_prompt, *MORE]))
+    assert device.draft.cached.cache.generation > 1
+
+
+@pytest.mark.parametrize("threshold", [0.7, 1.0])
+def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
+    """Prompts that arrive mid-run stop every row where it is (partial steps come back and are written
+    on after the newcomers join): the texts are those of the host loop, and each as alone."""
+    host, device = pair(tiny_paths, staggered, window=4, max_new_tokens=30, threshold=threshold)
+    outs = []
+    for dec in (host, device):
+        arrivals = _After(MORE[3:], k=3)
+        outs.append(dec.generate(MORE[:3], callbacks=[arrivals], arrivals=arrivals))
+        assert arrivals.joined_at is not None
+    same(outs[1], outs[0])
+    assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
+
+
+class _After:
+    """Hands over ``prompts`` once ``k`` steps have been reported."""
+
+    def __init__(self, prompts, k):
+        self.prompts, self.k, self.steps, self.joined_at = list(prompts), k, 0, None
+
+    def on_step(self, event):
+        self.steps += 1
+
+    def waiting(self):
+        return bool(self.prompts) and self.steps >= self.k
+
+    def take(self):
+        out, self.prompts, self.joined_at = self.prompts, [], self.steps
+        return out
+
+
+def test_graphs_run_their_body_eagerly_when_off():
+    x = torch.zeros(3)
+    g = Graphs(enabled=False)
+    for _ in range(2):
+        g.run(("k",), lambda: x.add_(1), state=[x])
+    assert x.tolist() == [2.0, 2.0, 2.0] and len(g) == 0
