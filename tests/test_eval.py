@@ -414,28 +414,39 @@ def test_a_hub_dataset_that_cannot_be_loaded_points_to_data_file(monkeypatch):
         load_examples("gsm8k", 3)
 
 
-def test_accuracy_plot_labels_neither_overlap_nor_leave_the_figure():
-    """Close RSD points at several δ (the case that printed 'rsd:0.3:0.95 0.7' cut at the edge)."""
+@pytest.mark.parametrize("case", ["close", "docs"])
+def test_accuracy_plot_labels_neither_overlap_nor_cover_points_nor_leave_the_figure(case):
+    """Close RSD points at several δ (the case that printed 'rsd:0.3:0.95 0.7' cut at the edge), and the
+    δ sweep in docs/evaluation.md (a long group label once ran over the target's point)."""
     pytest.importorskip("matplotlib")
+    import json
+    from pathlib import Path
+
     from rsd_core.eval.plot import _pyplot, accuracy_figure
 
-    rows = [{"method": m, "accuracy": a, "paper_flops_per_question": x, "flops_per_question": 2 * x}
-            for m, a, x in (("target", 0.92, 8e7), ("draft", 0.67, 4.5e7), ("rsd:0.3", 0.917, 1.40e8),
-                            ("rsd:0.7", 0.917, 1.46e8), ("rsd:0.95", 0.917, 1.52e8), ("rsd:0.5", 0.91, 1.43e8))]
+    if case == "close":
+        rows = [{"method": m, "accuracy": a, "paper_flops_per_question": x, "flops_per_question": 2 * x}
+                for m, a, x in (("target", 0.92, 8e7), ("draft", 0.67, 4.5e7), ("rsd:0.3", 0.917, 1.40e8),
+                                ("rsd:0.7", 0.917, 1.46e8), ("rsd:0.95", 0.917, 1.52e8), ("rsd:0.5", 0.91, 1.43e8))]
+    else:
+        rows = json.loads((Path(__file__).parents[1] / "docs/results/toy-eval/summary.json").read_text())["methods"]
     plt = _pyplot()
     fig = accuracy_figure(plt, {"methods": rows, "dataset": "toy", "n": 12})
-    fig.tight_layout()
+    fig.tight_layout()  # as _save does before writing the PNG
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    whole = fig.bbox
-    for ax in fig.axes:
+    for ax, key in zip(fig.axes, ("paper_flops_per_question", "flops_per_question")):
+        frame = ax.get_window_extent(renderer)
         boxes = [t.get_window_extent(renderer) for t in ax.texts]
         assert boxes, "every point is labelled"
+        points = [ax.transData.transform((r[key], r["accuracy"])) for r in rows if r.get(key)]
         for i, a in enumerate(boxes):
-            assert whole.x0 <= a.x0 and a.x1 <= whole.x1 and whole.y0 <= a.y0 and a.y1 <= whole.y1
+            assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
+            assert not any(a.x0 <= x <= a.x1 and a.y0 <= y <= a.y1 for x, y in points), ax.texts[i].get_text()
             for b in boxes[i + 1:]:
                 assert not a.overlaps(b), [t.get_text() for t in ax.texts]
     plt.close(fig)
+    assert "RSD δ=" in " ".join(t.get_text() for t in fig.axes[0].texts)
 
 
 def test_the_cli_flags_are_the_integrations_options(monkeypatch):

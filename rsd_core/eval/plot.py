@@ -75,6 +75,7 @@ def accuracy_figure(plt: Any, data: dict[str, Any]) -> Any:
     """Accuracy against FLOPs per question, one panel per FLOPs count, each point labelled once."""
     rows = data["methods"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    labels = []
     for ax, key, label in ((axes[0], "paper_flops_per_question", "FLOPs per question (paper: generated tokens)"),
                            (axes[1], "flops_per_question", "FLOPs per question (full: every token read/written)")):
         groups: list[tuple[float, float, list[str]]] = []  # nearby points share one label
@@ -94,29 +95,54 @@ def accuracy_figure(plt: Any, data: dict[str, Any]) -> Any:
             ax.plot([r[key] for r in sweep], [r["accuracy"] for r in sweep], color="C0", alpha=0.5)
         ax.set_xscale("log")
         ax.margins(x=0.12, y=0.15)
-        lo, hi = ax.get_xlim()
-        mid = (lo * hi) ** 0.5
-        stack = 0  # neighbouring RSD labels climb, so they never print over each other
-        for x, y, names in sorted(groups):
-            rsd = names[0].startswith("rsd")
-            text = ", ".join(_short(n) for n in names)
-            dy = (4 + 11 * (stack % 3)) if rsd else -12
-            stack += rsd
-            right = x > mid  # labels right of the middle end at their point: none is cut at the edge
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(-5 if right else 5, dy), fontsize=8,
-                        ha="right" if right else "left")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+        labels.append((ax, sorted(groups)))
     axes[0].set_ylabel("accuracy")
     fig.suptitle(f"Accuracy vs compute: {data.get('dataset', '?')} (n={data.get('n', '?')})")
+    fig.tight_layout()  # the panels' final size first: labels are placed where they will be seen
+    for ax, groups in labels:
+        _label(fig, ax, groups)
     return fig
 
 
-def _short(method: str) -> str:
-    """``rsd:0.7`` -> ``RSD δ=0.7``; the baselines keep their names."""
-    if method.startswith("rsd:"):
-        return f"RSD δ={method[4:]}"
-    return "RSD" if method == "rsd" else method
+# Where a label may go, in order of preference: (dx, dy) in points from its point, and its alignment.
+_SPOTS = [(5, 4, "left", "bottom"), (-5, 4, "right", "bottom"), (5, -4, "left", "top"), (-5, -4, "right", "top"),
+          (0, 9, "center", "bottom"), (0, -9, "center", "top"), (5, 16, "left", "bottom"), (-5, 16, "right", "bottom"),
+          (5, -16, "left", "top"), (-5, -16, "right", "top"), (0, 24, "center", "bottom"), (0, -24, "center", "top")]
+
+
+def _label(fig: Any, ax: Any, groups: list[tuple[float, float, list[str]]]) -> None:
+    """Label each group of nearby points once, at the first spot where the label covers no other label,
+    no point and stays inside the panel (measured on the drawn figure)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    points = [ax.transData.transform((x, y)) for x, y, _ in groups]
+    taken: list[Any] = []  # boxes of the labels placed so far
+    for x, y, names in groups:
+        text = _names(names)
+        for dx, dy, ha, va in _SPOTS:
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, ha=ha, va=va)
+            box = t.get_window_extent(renderer).expanded(1.04, 1.1)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            covers_point = any(box.x0 - 4 <= qx <= box.x1 + 4 and box.y0 - 4 <= qy <= box.y1 + 4
+                               for qx, qy in points)
+            if inside and not covers_point and not any(box.overlaps(o) for o in taken):
+                taken.append(box)
+                break
+            t.remove()
+        else:  # nowhere free: the first spot, as before
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=_SPOTS[0][:2], fontsize=8,
+                            ha=_SPOTS[0][2], va=_SPOTS[0][3])
+            taken.append(t.get_window_extent(renderer))
+
+
+def _names(methods: list[str]) -> str:
+    """One label for a group of points: ``RSD δ=0.3, 0.5``; the baselines keep their names."""
+    deltas = [m[4:] for m in methods if m.startswith("rsd:")]
+    rest = [("RSD" if m == "rsd" else m) for m in methods if not m.startswith("rsd:")]
+    return ", ".join(rest + ([f"RSD δ={', '.join(deltas)}"] if deltas else []))
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
