@@ -171,4 +171,5 @@ def test_every_python_block_of_the_docs_runs_as_written(hub, tmp_path, doc):
         assert said in r.stdout, (said, r.stdout[-1500:])
 
 
-DOC_OUTPUTS = {"README.md": ["The answer is \\boxed{14}."]}
+DOC_OUTPUTS = {"README.md": ["The answer is \\boxed{14}."],
+               "docs/quickstart.md": ["The answer is \\boxed{17}.", "The answer is \\boxed{57}."]}

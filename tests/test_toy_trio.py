@@ -40,6 +40,22 @@ def test_toy_trio_shows_the_rsd_effect(toy):
     assert rsd["paper_flops"]["total"] <= 0.5 * target["paper_flops"]["total"]
 
 
+def test_toy_trio_reaches_one_change_problems_and_numbers_in_words(toy):
+    """The reach variant (held out: the eval seed): the target reads one-change problems, numbers in words
+    and subtractions from small counts, and RSD keeps its accuracy there (the draft never learned words; the PRM did, so it rejects the
+    draft's guesses and the target writes those steps)."""
+    s = evaluate(toy, toy_examples(100, reach=True), ["target", "draft", "rsd"], batch_size=32, progress=False)
+    assert s["target"]["accuracy"] >= 0.9 and s["draft"]["accuracy"] <= s["target"]["accuracy"] - 0.2
+    assert s["rsd"]["accuracy"] >= s["target"]["accuracy"] - 0.02
+    for question, answer in [("Ann has 12 apples. She buys 5 more. How many apples does Ann have now?", 17),
+                             ("Ann has 12 apples. She buys 5 more. She gives away 3. How many apples does Ann have "
+                              "now?", 14),  # README's question: it takes away from a count below 20
+                             ("Ben has twelve cards. He wins forty-five more. How many cards does Ben have now?", 57),
+                             ("Jon has thirty coins. He loses a dozen. How many coins does Jon have now?", 18)]:
+        res = toy.generate([[{"role": "user", "content": question}]])[0]
+        assert res.text.endswith(f"The answer is \\boxed{{{answer}}}."), (question, res.text)
+
+
 def test_toy_trio_has_the_papers_shape(toy):
     """Draft and PRM each at most 1/8 of the target's non-embedding parameters, and the recipe's sizes are
     the shipped ones (so ``python -m rsd_core.toy.train`` remakes these models, not others)."""
@@ -107,7 +123,7 @@ def test_cli_generate_json_and_stdin():
 
 @pytest.mark.slow
 def test_training_recipe_runs_every_stage_and_saves_loadable_models(tmp_path):
-    """The whole recipe (arithmetic, tool use, ReAct, PRM, draft) at a tiny scale: every stage runs and
+    """The whole recipe (arithmetic, tool use, ReAct, the reach variant, PRM, draft) at a tiny scale: every stage runs and
     the saved trio loads and decodes through the ordinary path, tools included."""
     from rsd_core import RewardGuidedDecoder, RSDConfig
     from rsd_core.toy.train import train_trio
@@ -116,9 +132,35 @@ def test_training_recipe_runs_every_stage_and_saves_loadable_models(tmp_path):
     info = train_trio(tmp_path, scale=0.002, log=logs.append)
     assert set(info["trained"]) == {"target", "draft", "prm"}
     assert any("tool use with ReAct" in line for line in logs) and any("tool use" in line for line in logs)
+    assert any("with the reach variant" in line for line in logs) and any("reach variant among" in line for line in logs)
     dec = RewardGuidedDecoder.from_pretrained(str(tmp_path / "draft"), str(tmp_path / "target"),
                                               str(tmp_path / "prm"), config=RSDConfig(max_new_tokens=8))
     tools = [{"type": "function", "function": {"name": "square", "parameters": {"type": "object", "properties": {}}}}]
     res = dec.generate([[{"role": "user", "content": "What is the value of square(3)?"}]], tools=tools,
                        reply_prefix='<tool_call>{"name": "square", "arguments": ')[0]
     assert res.text.startswith('<tool_call>{"name": "square"') and res.num_output_tokens <= 8
+
+
+def test_recipe_continues_the_target_with_the_reach_stage(tmp_path, capsys, monkeypatch):
+    """``--only target-reach``: the target's last stage alone, from a saved target, and a plain error for
+    the flags it does not go with (named as flags)."""
+    from rsd_core.toy import train
+
+    def run(*argv):
+        monkeypatch.setattr(sys, "argv", ["train", *argv])
+        with pytest.raises(SystemExit) as e:
+            train.main()
+        return e.value.code, capsys.readouterr().err
+
+    assert run("--out", str(tmp_path), "--from", str(tmp_path), "--only", "draft")[1].endswith(
+        "--from goes with --only target-reach\n")
+    assert "runs alone" in run("--only", "target-reach,draft")[1]
+    code, err = run("--only", "target-reach", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path))
+    assert code == 2 and "--from" in err and "no target/config.json" in err
+    logs: list[str] = []
+    info = train.continue_target_reach(Path(toy_model_paths()["target"]).parent, tmp_path, scale=0.002,
+                                       log=logs.append)
+    assert info["trained"] == ["target-reach"] and any("reach variant" in line for line in logs)
+    assert (tmp_path / "target" / "model.safetensors").is_file()
+    assert AutoTokenizer.from_pretrained(tmp_path / "target")("12 + 5").input_ids == AutoTokenizer.from_pretrained(
+        toy_model_paths()["target"])("12 + 5").input_ids

@@ -3,6 +3,7 @@
 ``load_examples`` takes:
 
 - ``"toy"``: the toy arithmetic task (held out from the toy trio's training);
+- ``"toy-reach"``: the toy task's wider variant: one-change problems and numbers stated in words too;
 - ``"gsm8k"`` / ``"math500"``: from the Hugging Face hub through ``datasets`` (``openai/gsm8k``,
   ``HuggingFaceH4/MATH-500``), or from a local copy with ``data_file=``;
 - a path to a ``.jsonl`` file: GSM8K rows (``question``, ``answer`` ending in ``#### N``) and MATH
@@ -68,8 +69,10 @@ FORMATS = {
 }
 
 
-def toy_examples(n: int, seed: int = TOY_EVAL_SEED) -> list[Example]:
-    return [Example(f"toy-{seed}-{i}", p.question, str(p.answer)) for i, p in enumerate(make_problems(n, seed))]
+def toy_examples(n: int, seed: int = TOY_EVAL_SEED, reach: bool = False) -> list[Example]:
+    tag = "toy-reach" if reach else "toy"
+    return [Example(f"{tag}-{seed}-{i}", p.question, str(p.answer))
+            for i, p in enumerate(make_problems(n, seed, reach=reach))]
 
 
 def _rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -145,8 +148,8 @@ def load_examples(dataset: str, n: int | None = None, seed: int = TOY_EVAL_SEED,
     """The first ``n`` examples of ``dataset`` (all when ``n`` is None; the toy task defaults to 300)."""
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if dataset == "toy":
-        return toy_examples(n or 300, seed)
+    if dataset in ("toy", "toy-reach"):
+        return toy_examples(n or 300, seed, reach=dataset == "toy-reach")
     key = dataset.lower().replace("-", "")
     if key in FORMATS:
         fmt = FORMATS[key]
@@ -158,5 +161,5 @@ def load_examples(dataset: str, n: int | None = None, seed: int = TOY_EVAL_SEED,
         return jsonl_examples(dataset, question_field, answer_field, n)
     if "/" in dataset and not dataset.endswith(".jsonl"):
         return hub_examples(dataset, None, split or "test", n, None, question_field, answer_field)
-    raise ValueError(f"unknown dataset {dataset!r}: use toy, gsm8k, math500, a JSONL path or a hub name "
+    raise ValueError(f"unknown dataset {dataset!r}: use toy, toy-reach, gsm8k, math500, a JSONL path or a hub name "
                      "(owner/name)")

@@ -14,10 +14,11 @@ a step's reward is the smallest probability it gives any of the step's tokens. A
 have written itself scores low. (A two-class step-tag classifier trained on good and corrupted steps
 learned too slowly on 2 CPU cores to separate them: see docs/reward-models.md.)
 
-The target is trained in three stages: arithmetic; then tool use (``tool_use.py``: calling listed
+The target is trained in four stages: arithmetic; then tool use (``tool_use.py``: calling listed
 tools in the ``<tool_call>`` format of its chat template, answering from a tool's result, filling a
-schema, half of every batch still arithmetic); then the same with LlamaIndex ReActAgent turns mixed in.
-The draft and the PRM learn arithmetic only: a draft's fumbled tool call is a step the PRM finds
+schema, half of every batch still arithmetic); then the same with LlamaIndex ReActAgent turns mixed in;
+then the same with the task's reach variant among the problems (one change, numbers stated in words).
+The draft and the PRM learn the held-out task's arithmetic only: a draft's fumbled tool call is a step the PRM finds
 unlikely, so it rejects it and the target writes it, which is RSD doing its job.
 
 Each model draws its training problems from its own seeded stream, so changing one model's recipe
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from rsd_core.toy.task import make_problem
+from rsd_core.toy.task import REACH, make_problem
 from rsd_core.toy.tokenizer import train_tokenizer
 from rsd_core.toy.tool_use import make_lesson, make_react_lesson
 
@@ -46,9 +47,11 @@ TRAIN_SEED = 1234
 DRAFT_STEPS = 5000  # the draft's cosine schedule is laid out for this many steps...
 DRAFT_STOP = 2800  # ...and stopped here: 0.82 on held-out problems, 17 points below the target (training.json)
 PRM_STEPS = 4200  # the PRM's first stage: the task, at the draft's learning rate, from the draft's start
-PRM_SETTLE_STEPS = 12000  # its second: its own stream at a low learning rate (fewer false rejections)
+PRM_SETTLE_STEPS = 12000  # its second: its own stream at a low learning rate (fewer false rejections)...
+PRM_REACH_ROWS = 8  # ...8 of its 32 problems a step in the reach variant, so it judges those steps too
 TOOL_STEPS = 3000  # the target's second stage: tool use (rsd_core/toy/tool_use.py)
 REACT_STEPS = 2000  # its third: more of the same, one LlamaIndex ReActAgent turn in every batch
+REACH_STEPS = 1200  # its fourth: the reach variant too (one-change problems, numbers in words; issue 19)
 
 SIZES = {
     # name: (hidden, layers, heads, kv_heads, mlp)
@@ -111,17 +114,20 @@ def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (width - len(r)) for r in rows])
 
 
-def _problem_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
+def _problem_ids(tok, rng: random.Random, reach: bool = False) -> tuple[list[int], list[int]]:
     """One chat-formatted word problem as (input ids, labels): loss on the solution only."""
-    p = make_problem(rng)
+    p = make_problem(rng, **REACH) if reach else make_problem(rng)
     prompt = tok(chat_prompt(tok, p.question), add_special_tokens=False).input_ids
     answer = tok(p.solution + tok.eos_token, add_special_tokens=False).input_ids
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log, stop_at: int | None = None) -> None:
-    """Next-token training on the solution part of chat-formatted problems (fresh problems each step)."""
-    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0, stop_at=stop_at)
+def train_lm(model, tok, rng: random.Random, steps: int, batch: int, lr: float, log, stop_at: int | None = None,
+             reach_rng: random.Random | None = None, reach_rows: int = 0) -> None:
+    """Next-token training on the solution part of chat-formatted problems (fresh problems each step);
+    ``reach_rows`` of each batch from ``reach_rng`` in the task's reach variant."""
+    train_tools(model, tok, rng, None, steps, batch, lr, log, tool_share=0.0, stop_at=stop_at,
+                reach_rng=reach_rng, reach_rows=reach_rows)
 
 
 def _tool_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -144,13 +150,14 @@ def _react_lesson_ids(tok, rng: random.Random) -> tuple[list[int], list[int]]:
 
 def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | None, steps: int, batch: int, lr: float,
                 log, tool_share: float = 0.5, react_rows: int = 0, checkpoint=None,
-                stop_at: int | None = None) -> None:
+                stop_at: int | None = None, reach_rng: random.Random | None = None, reach_rows: int = 0) -> None:
     """Teach a trained model tool use, on a mix of tool chats and arithmetic (which it keeps).
 
     ``react_rows``: ReActAgent turns per step (from the same tool stream), in place of tool chats.
     ``tool_share=0`` (no tool stream needed) is plain next-token training on word problems.
     ``checkpoint(step)``, if given, is called every 500 steps (to look at a long run before it ends).
-    ``stop_at``: end after that many steps of a schedule laid out for ``steps``."""
+    ``stop_at``: end after that many steps of a schedule laid out for ``steps``.
+    ``reach_rows``: word problems per step from ``reach_rng`` in the reach variant, in place of plain ones."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
     n_tools = round(batch * tool_share) - react_rows
@@ -158,7 +165,8 @@ def train_tools(model, tok, arith_rng: random.Random, tool_rng: random.Random | 
     for step in range(steps if stop_at is None else min(stop_at, steps)):
         tool_rows = [_tool_lesson_ids(tok, tool_rng) for _ in range(n_tools)]
         react = [_react_lesson_ids(tok, tool_rng) for _ in range(react_rows)]
-        arith_rows = [_problem_ids(tok, arith_rng) for _ in range(batch - n_tools - react_rows)]
+        arith_rows = [_problem_ids(tok, arith_rng) for _ in range(batch - n_tools - react_rows - reach_rows)]
+        arith_rows += [_problem_ids(tok, reach_rng, reach=True) for _ in range(reach_rows)]  # type: ignore[arg-type]
         for g in opt.param_groups:
             g["lr"] = _lr(step, steps, lr)
         loss = torch.zeros(())
@@ -190,7 +198,17 @@ def _problem_stream(name: str, seed: int) -> random.Random:
             make_problem(rng)
         return rng
     return random.Random(TRAIN_SEED + 100 * seed + {"draft": 1, "prm": 7, "target-tools": 13,
-                                                    "target-react": 19}[name])
+                                                    "target-react": 19, "target-reach": 23,
+                                                    "target-reach-problems": 29, "prm-reach": 31}[name])
+
+
+def train_target_reach(model, tok, seed: int, steps: int, lr: float, log, checkpoint=None) -> None:
+    """The target's fourth stage: per batch of 16, 6 tool chats, 1 ReAct turn, 5 reach-variant problems
+    (one change, numbers in words) and 4 plain ones, so it keeps what the earlier stages taught."""
+    torch.manual_seed(seed + 8)
+    train_tools(model, tok, _problem_stream("target", seed), _problem_stream("target-reach", seed), max(steps, 1),
+                16, lr, log, tool_share=7 / 16, react_rows=1, checkpoint=checkpoint,
+                reach_rng=_problem_stream("target-reach-problems", seed), reach_rows=5)
 
 
 def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.partial(print, flush=True),
@@ -209,6 +227,7 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     log(f"tokenizer: {len(tok)} tokens")
     plan = {"draft": (int(DRAFT_STEPS * scale), 3e-3), "target": (int(2000 * scale), 2e-3),
             "target-tools": (int(TOOL_STEPS * scale), 1.2e-3), "target-react": (int(REACT_STEPS * scale), 1e-3),
+            "target-reach": (int(REACH_STEPS * scale), 1e-3),
             "prm": (int(PRM_STEPS * scale), 3e-3), "prm-settle": (int(PRM_SETTLE_STEPS * scale), 5e-4)}
     out.mkdir(parents=True, exist_ok=True)
     models: dict[str, Qwen2ForCausalLM] = {}
@@ -232,16 +251,21 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
             torch.manual_seed(seed + 5)
             train_tools(model, tok, _problem_stream("target", seed), _problem_stream("target-react", seed),
                         max(steps, 1), 16, lr, log, tool_share=0.5, react_rows=1)
+            steps, lr = plan["target-reach"]
+            log(f"target: {steps} steps with the reach variant (one change, numbers in words)")
+            train_target_reach(model, tok, seed, steps, lr, log)
         models[name] = model
     if "prm" in only:
         steps, lr = plan["prm"]
-        log(f"prm: {steps} steps of the task, then {plan['prm-settle'][0]} at a low learning rate")
+        log(f"prm: {steps} steps of the task, then {plan['prm-settle'][0]} at a low learning rate, the reach "
+            "variant among them")
         torch.manual_seed(seed + 1)  # the draft's start: the same initial weights and problems
         prm = Qwen2ForCausalLM(_config(tok, "prm"))
         train_lm(prm, tok, _problem_stream("draft", seed), max(steps, 1), 64, lr, log)
         steps, lr = plan["prm-settle"]
         torch.manual_seed(seed + 6)
-        train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 32, lr, log)
+        train_lm(prm, tok, _problem_stream("prm", seed), max(steps, 1), 32, lr, log,
+                 reach_rng=_problem_stream("prm-reach", seed), reach_rows=PRM_REACH_ROWS)
         models["prm"] = prm
         prm.config.rsd_reward = {"type": "likelihood", "aggregate": "min"}
     for name, model in models.items():
@@ -258,12 +282,39 @@ def train_trio(out: Path, seed: int = 0, scale: float = 1.0, log=functools.parti
     return info
 
 
+def continue_target_reach(src: Path, out: Path, seed: int = 0, scale: float = 1.0,
+                          log=functools.partial(print, flush=True), checkpoint=None) -> dict:
+    """Run only the target's fourth stage, from the target saved in ``src`` (``--only target-reach``).
+
+    The shipped target was made this way: its first three stages ran before the reach variant existed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    if not (src / "target" / "config.json").is_file():
+        raise FileNotFoundError(f"--from {src}: no target/config.json there (a folder the recipe wrote)")
+    tok: Any = AutoTokenizer.from_pretrained(src / "target")
+    model = AutoModelForCausalLM.from_pretrained(src / "target", dtype=torch.float32)
+    steps = max(int(REACH_STEPS * scale), 1)
+    log(f"target: {steps} steps with the reach variant, from {src / 'target'}")
+    train_target_reach(model, tok, seed, steps, 1e-3, log, checkpoint=checkpoint)
+    model.half().save_pretrained(out / "target")
+    tok.save_pretrained(out / "target")
+    info = {"seed": seed, "scale": scale, "trained": ["target-reach"], "from": str(src),
+            "train_seconds": round(time.perf_counter() - t0, 1)}
+    (out / "training-target-reach.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(json.dumps(info))
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "weights")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the full training steps")
-    ap.add_argument("--only", default="target,draft,prm", help="comma list of the models to train")
+    ap.add_argument("--only", default="target,draft,prm",
+                    help="comma list of the models to train; target-reach: only the target's last stage, from --from")
+    ap.add_argument("--from", dest="src", type=Path, default=None,
+                    help="with --only target-reach: the recipe's folder holding the target to continue (default --out)")
     ap.add_argument("--threads", type=int, default=2,
                     help="CPU threads (the shipped weights name theirs: float sums differ in the last bits)")
     args = ap.parse_args()
@@ -271,9 +322,19 @@ def main() -> None:
         ap.error("--threads must be at least 1")
     torch.set_num_threads(args.threads)
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
-    unknown = set(only) - {"target", "draft", "prm"}
+    unknown = set(only) - {"target", "draft", "prm", "target-reach"}
     if unknown:
-        ap.error(f"unknown model(s) {sorted(unknown)}: use target, draft, prm")
+        ap.error(f"unknown model(s) {sorted(unknown)}: use target, draft, prm (or target-reach alone)")
+    if "target-reach" in only:
+        if len(only) > 1:
+            ap.error("--only target-reach runs alone (the target's other stages come before it)")
+        try:
+            continue_target_reach(args.src or args.out, args.out, args.seed, args.scale)
+        except FileNotFoundError as e:
+            ap.error(str(e))
+        return
+    if args.src is not None:
+        ap.error("--from goes with --only target-reach")
     train_trio(args.out, args.seed, args.scale, only=only)
 
 
