@@ -50,8 +50,10 @@ class DeviceLoop:
         self.eng = engine
         self.window = max(1, window)
         self.graphs = Graphs(engine.device.type == "cuda" if graphs is None else graphs)
-        fwd = engine.forward.decode_slots
-        self._decode_slots = torch.compile(fwd, dynamic=True) if compiled else fwd
+        # The whole token body (forward, sampling, bookkeeping) as one compiled graph. Shapes specialise
+        # first and turn dynamic where they change (the attention length, by bucket): two compilations,
+        # then none (shapes dynamic from the start ran 40% slower on CPU).
+        self._step = torch.compile(self._token) if compiled else self._token
         self._slots = -1  # how many slots the state tensors were made for
         self.s: dict[str, torch.Tensor] = {}
         self.draws: Draws | None = None
@@ -105,7 +107,7 @@ class DeviceLoop:
         live = s["live"]
         pos = torch.where(live, s["pos"], 0)
         cols = torch.where(live, s["pos"], cache.capacity)
-        logits = self._decode_slots(s["tok"], pos, cols, L, cache)
+        logits = self.eng.forward.decode_slots(s["tok"], pos, cols, L, cache)
         s["pos"].add_(live.long())
         s["fed"].add_(live.long())
         self._record(logits, pick, boundary)
@@ -169,7 +171,7 @@ class DeviceLoop:
             state = [*s.values(), *([by_slot.counts] if by_slot is not None else []),
                      *([self.probs] if keep and self.probs is not None else [])]
             for _ in range(self.window):
-                self.graphs.run(key, lambda: self._token(L, pick, boundary), state=state)
+                self.graphs.run(key, lambda: self._step(L, pick, boundary), state=state)
             eng.forwards += self.window
         if by_slot is not None and draws is not None:
             draws.counts.copy_(by_slot.counts[slots])

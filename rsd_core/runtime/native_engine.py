@@ -49,8 +49,9 @@ class NativeCachedModel(Ledgers):
     def __init__(self, model: Any, pad_id: int, max_len: int = 4096, device_loop: bool | None = None,
                  window: int = 8, compiled: bool = False):
         """``device_loop``: decode with the loop's state on the device, ``window`` tokens per host check,
-        each token a replayed CUDA graph (``runtime/device_loop.py``); default: on CUDA only. ``compiled``:
-        its forward through ``torch.compile`` too."""
+        each token a replayed CUDA graph (``runtime/device_loop.py``); default: on CUDA, or when ``compiled``.
+        ``compiled``: that loop's forward through ``torch.compile`` (on CPU too: a minute to compile, then
+        faster per token)."""
         self.model, self.pad_id = model, pad_id
         self.forward = NativeForward.build(model, max_len)
         self.cache = self.forward.new_cache(1)
@@ -59,7 +60,7 @@ class NativeCachedModel(Ledgers):
         self.states: dict[int, SlotSeq] = {}
         self.forwards = 0  # forward passes so far (all sequences together)
         self.forward_rows = 0  # rows those forwards read, summed (a row is a sequence writing or reading)
-        use = self.device.type == "cuda" if device_loop is None else device_loop
+        use = (self.device.type == "cuda" or compiled) if device_loop is None else device_loop
         self.device_loop = DeviceLoop(self, window=window, compiled=compiled) if use else None
 
     @property

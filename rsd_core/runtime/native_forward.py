@@ -87,6 +87,7 @@ class _Weight:
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm: normalised in fp32, cast back, then scaled. (F.rms_norm is no faster on CPU.)"""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -201,7 +202,7 @@ class NativeForward:
             mask = (torch.arange(L, device=dev)[None, None, :] <= pos[:, :, None])[:, None]  # [B, 1, N, L]
         rows = slot_t[:, None].expand(B, N)
         x = self._layers(self.embed[ids], pos, rows, slot_t if not contiguous else None, slots[0], L, mask, causal,
-                         cache.keys, cache.values)
+                         cache.keys, cache.values, write_at=(slots[0], starts[0]) if B == 1 else None)
         if last is not None:
             x = x[torch.arange(B, device=dev), torch.tensor(last, device=dev)]
         return self.lm_head(_rms_norm(x, self.norm, self.norm_eps))
@@ -222,21 +223,33 @@ class NativeForward:
 
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, slot_t: torch.Tensor | None, first: int,
                 L: int, mask: torch.Tensor | None, causal: bool, kcs: list[torch.Tensor],
-                vcs: list[torch.Tensor], cols: torch.Tensor | None = None) -> torch.Tensor:
-        """``cols``: where each new token's K/V go (default: at its position)."""
+                vcs: list[torch.Tensor], cols: torch.Tensor | None = None,
+                write_at: tuple[int, int] | None = None) -> torch.Tensor:
+        """``cols``: where each new token's K/V go (default: at its position). ``write_at``: (slot, start)
+        of a batch of one sequence, whose tokens then go in by slicing (cheaper than indexing on CPU)."""
         B, N = rows.shape
         cols = pos if cols is None else cols
         H, K, D = self.heads, self.kv_heads, self.head_dim
+        q_end, k_end = H * D, (H + K) * D
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # [B, N, 1, D]
         for layer, kc, vc in zip(self.layers, kcs, vcs):
             h = _rms_norm(x, layer.in_norm, layer.eps)
-            q, k, v = layer.qkv(h).split(layer.split, dim=-1)
-            q, k, v = q.view(B, N, H, D), k.view(B, N, K, D), v.view(B, N, K, D)
-            if layer.q_norm is not None and layer.k_norm is not None:
-                q, k = _rms_norm(q, layer.q_norm, layer.eps), _rms_norm(k, layer.k_norm, layer.eps)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kc[rows, :, cols] = k  # each slot's new tokens at its own length
-            vc[rows, :, cols] = v
+            qkv = layer.qkv(h)
+            if layer.q_norm is None:  # q and k rotated together: one rotation per layer
+                qk = _rotate(qkv[..., :k_end].view(B, N, H + K, D), cos, sin)
+                q, k = qk[:, :, :H], qk[:, :, H:]
+            else:  # Qwen3: each normalised per head first
+                assert layer.k_norm is not None
+                q = _rotate(_rms_norm(qkv[..., :q_end].view(B, N, H, D), layer.q_norm, layer.eps), cos, sin)
+                k = _rotate(_rms_norm(qkv[..., q_end:k_end].view(B, N, K, D), layer.k_norm, layer.eps), cos, sin)
+            v = qkv[..., k_end:].view(B, N, K, D)
+            if write_at is not None:
+                slot, at = write_at
+                kc[slot, :, at:at + N] = k[0].transpose(0, 1)
+                vc[slot, :, at:at + N] = v[0].transpose(0, 1)
+            else:
+                kc[rows, :, cols] = k  # each slot's new tokens at its own length
+                vc[rows, :, cols] = v
             if slot_t is None:  # the batch's slots are consecutive: a view, no gather
                 keys, values = kc[first:first + B, :, :L], vc[first:first + B, :, :L]
             else:
@@ -244,7 +257,7 @@ class NativeForward:
             attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=causal,
                                                   enable_gqa=H != K)
             x = x + layer.o(attn.transpose(1, 2).reshape(B, N, H * D))
-            h = _rms_norm(x, layer.post_norm, layer.eps)
-            gate, up = layer.gate_up(h).split(layer.inter, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            gate_up = layer.gate_up(_rms_norm(x, layer.post_norm, layer.eps))
+            x = x + layer.down(F.silu(gate_up[..., :layer.inter]) * gate_up[..., layer.inter:])
         return x
+
