@@ -4,13 +4,16 @@
 
 Random bf16 weights, built on the GPU from the public shapes (no download). Prints one table, last:
 
-- ms/token at batch 1 for each model: transformers ``generate`` eager, static cache, ours (the fast path),
-  the native engine (eager), and the fast path as a fraction of the bandwidth limit (weight bytes /
+- ms/token at batch 1 for each model: transformers ``generate`` eager, static cache, ours (the fast path:
+  CUDA graphs over transformers' modules), the native engine's host loop (eager), its device loop (each
+  token one CUDA graph, 8 tokens per host check; greedy and T = 0.7) and that loop compiled
+  (``--no-compile`` skips it), and the best of ours as a fraction of the bandwidth limit (weight bytes /
   measured copy bandwidth);
 - RSD with a 1.5B draft, a 7B target and a 1.5B PRM, 64-token steps, where each step is accepted with a
   fixed probability α (random weights make real rewards meaningless; the PRM still runs, so its cost
   counts): wall time vs target-only on the same prompts, beside the ideal speedup computed from this
-  run's own per-token times; then the same at larger batches, in problems/s.
+  run's own per-token times, on the fast path and (batch 1) on the native device loop; then the fast
+  path at larger batches, in problems/s, and the lockstep / no-lockstep comparison on the native engine.
 """
 
 from __future__ import annotations
@@ -196,16 +199,25 @@ def ours_ms_per_token(gen: HFGenerator, seq_base: int) -> tuple[float, float]:
 
 
 def check_fast_matches_plain(model, tok) -> dict[str, Any]:
-    """Greedy tokens of the fast path vs the plain path (bf16: rounding may flip a near-tie late on)."""
+    """Greedy tokens of the fast path and of the native engine (host loop; device loop with CUDA graphs)
+    against the plain path: how many leading tokens agree (bf16: rounding may flip a near-tie late on)."""
     ids = [random.Random(7).randrange(1, 1000) for _ in range(64)]
     out = {}
-    for name, fast in (("plain", False), ("fast", True)):
-        g = generator(model, tok, fast=fast)
+    for name, kw in (("plain", dict(fast=False)), ("fast", dict(fast=True)),
+                     ("native", dict(engine="native", device_loop=False)),
+                     ("native_graph", dict(engine="native", device_loop=True))):
+        g = HFGenerator(model, tok, step_delimiters=["\x00\x01\x02"], max_len=2048, sync_every=16, **kw)
         g.start(0, ids)
         out[name] = g.generate_step([0], [48])[0].token_ids
         g.release([0])
-    same = next((i for i, (a, b) in enumerate(zip(out["plain"], out["fast"])) if a != b), len(out["fast"]))
-    return {"tokens": len(out["fast"]), "identical_prefix": same}
+
+    def agree(a: list[int], b: list[int]) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    return {"tokens": len(out["fast"]), "identical_prefix": agree(out["plain"], out["fast"]),
+            "native_identical_prefix": agree(out["plain"], out["native"]),
+            "native_graph_identical_prefix": agree(out["plain"], out["native_graph"]),
+            "native_graph_vs_native": agree(out["native"], out["native_graph"])}
 
 
 def timed_run(dec: RewardGuidedDecoder, prompts: list[str], cfg: RSDConfig, alpha: float | None) -> tuple[list[Any], dict[str, Any]]:
@@ -438,8 +450,9 @@ def print_table(R: dict[str, Any]) -> None:
     print("ms per token at batch 1 (bandwidth limit: weight bytes / copy bandwidth); native: the engine's host "
           "loop, its device loop (CUDA graphs), the same at T = 0.7, and with its forward compiled")
     print("| model | HF eager | HF static | fast (graphs over HF modules) | native host loop | native graphs "
-          "| native graphs T=0.7 | native compiled | limit | best / limit | fast==plain |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| native graphs T=0.7 | native compiled | limit | best / limit | fast==plain | graphs==plain "
+          "| graphs==host loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in R["per_token"].items():
         chk = R["check"].get(name, {})
         ours = [row[k] for k in ("ours_ms", "native_graph_ms", "native_compiled_ms") if k in row]
@@ -447,7 +460,9 @@ def print_table(R: dict[str, Any]) -> None:
         print(f"| {name} | {f(row.get('hf_eager_ms'))} | {f(row.get('hf_static_ms'))} | {f(row.get('ours_ms'))} | "
               f"{f(row.get('native_ms'))} | {f(row.get('native_graph_ms'))} | {f(row.get('native_graph_t07_ms'))} | "
               f"{f(row.get('native_compiled_ms'))} | {f(row.get('limit_ms'))} | {f(best)} | "
-              f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} |")
+              f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} | "
+              f"{chk.get('native_graph_identical_prefix', '-')}/{chk.get('tokens', '-')} | "
+              f"{chk.get('native_graph_vs_native', '-')}/{chk.get('tokens', '-')} |")
     print("\n| engine | batch | α | wall s | problems/s | acceptance | speedup vs target-only | ideal | of ideal |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in R["rsd"]:
