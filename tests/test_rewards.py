@@ -218,6 +218,27 @@ def test_likelihood_reward_is_the_smallest_token_probability(family_paths):
     assert rm.score([0], [STEPS[0]])[0] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.parametrize("empty_at", [0, 1])
+def test_likelihood_prm_scores_an_empty_step_as_one_and_goes_on(family_paths, empty_at):
+    """A step of no tokens (a model that ended at once: its text is empty) has none the PRM finds
+    unlikely; it reads nothing for it, and the steps around it score as they would without it."""
+    rm, ref = build("likelihood", family_paths), build("likelihood", family_paths)
+    steps = list(STEPS[:2])
+    rm.start(0, CONV), rm.start(1, CONV), ref.start(0, CONV)
+    got = []
+    for i, st in enumerate(steps):
+        if i == empty_at:
+            assert rm.score([0, 1], ["", st])[0] == 1.0
+            rm.rollback([1])
+        got.append(rm.score([0], [st])[0])
+    assert got == pytest.approx([ref.score([0], [st])[0] for st in steps], abs=1e-5)
+    rm.rollback([0])
+    assert rm.score([0], [steps[-1]])[0] == pytest.approx(got[-1], abs=1e-5)
+    for _ in range(len(steps) + 1):  # every step rolled back, the empty one too
+        rm.rollback([0])
+    assert rm.score([0], [steps[0]])[0] == pytest.approx(got[0], abs=1e-5)
+
+
 def test_tokenizer_of_families_loads_as_transformers_does(family_paths):
     tok = AutoTokenizer.from_pretrained(family_paths["math_shepherd"])
     assert "ки" in tok.get_vocab()

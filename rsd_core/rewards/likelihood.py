@@ -90,19 +90,29 @@ class LikelihoodPRM(RewardModel):
             self.cached.count_scored(s, len(ids))
             self._lens[s].append(len(ids))
             new.append(ids)
-        logits, _, _ = self.cached.run(seqs, all_positions=True)  # [B, N, V], chunks left-padded
+        out = [self.format.reward(torch.empty(0))] * len(seqs)  # a step of no tokens has none found unlikely
+        reading = [i for i, s in enumerate(seqs) if self.cached.states[s].pending]
+        for i, s in enumerate(seqs):
+            if i not in reading:  # nothing to read: the next step follows the same position
+                self._last[s].append(self._last[s][-1])
+        if not reading:
+            return out
+        logits, _, _ = self.cached.run([seqs[i] for i in reading], all_positions=True)  # [B, N, V], left-padded
         logp = torch.log_softmax(logits.float(), dim=-1)
         N = logp.shape[1]
-        out = []
-        for i, (s, ids) in enumerate(zip(seqs, new)):
+        for row, i in enumerate(reading):
+            s, ids = seqs[i], new[i]
             n = len(ids)
             if not self._last[s]:  # first step: the header was read in this chunk, just before the step
-                self._last[s].append(logp[i, N - n - 1])
+                self._last[s].append(logp[row, N - n - 1])
+            if n == 0:  # an empty first step: only the header was read
+                self._last[s].append(self._last[s][-1])
+                continue
             # token j is predicted after token j-1; the first after whatever came before the step
-            before = torch.cat([self._last[s][-1][None], logp[i, N - n: N - 1]])
+            before = torch.cat([self._last[s][-1][None], logp[row, N - n: N - 1]])
             token_logp = before.gather(-1, torch.tensor(ids, device=logp.device)[:, None]).squeeze(-1)
-            self._last[s].append(logp[i, -1])
-            out.append(self.format.reward(token_logp))
+            self._last[s].append(logp[row, -1])
+            out[i] = self.format.reward(token_logp)
         return out
 
     def rollback(self, seqs: list[int]) -> None:
