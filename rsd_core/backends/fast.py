@@ -285,7 +285,8 @@ class FastCachedModel:
                 break
             L = self._view(self.col + 1)
             if greedy and constrained is None:
-                self._replay(("step", L, limit, id(boundary)), lambda: self._step_body(L, pick, boundary))
+                # (the boundary itself in the key: it keeps alive the tables the captured graph reads)
+                self._replay(("step", L, limit, boundary), lambda: self._step_body(L, pick, boundary))
             else:  # sampling (per-call stream tensors) and grammars (host picks) run the same step eagerly
                 self._step_body(L, pick, boundary)
             self.col += 1

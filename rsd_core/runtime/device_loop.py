@@ -157,7 +157,8 @@ class DeviceLoop:
         self._record(full, pick, boundary)  # the first token, from the pending tokens' logits
         eos = [False] * len(states)
         writing = set(range(len(states)))
-        mode = (limit, id(boundary), sampling.temperature, sampling.top_p, sampling.top_k, by_slot is not None, keep)
+        # The boundary itself, not its id: the key keeps alive the tables a captured graph reads.
+        mode = (limit, boundary, sampling.temperature, sampling.top_p, sampling.top_k, by_slot is not None, keep)
         while not self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None) \
                 and writing:
             # Room for one more window in every writing slot (budgets keep rows inside max_len), then the
