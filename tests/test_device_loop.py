@@ -13,6 +13,7 @@ from rsd_core.backends.hf import HFGenerator
 from rsd_core.runtime.device_loop import DeviceLoop
 from rsd_core.runtime.graphs import Graphs
 
+from test_arrivals import _After
 from test_decoder import PROMPTS, every_other_step
 from test_native_engine import staggered, trace
 
@@ -114,23 +115,6 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
         assert arrivals.joined_at is not None
     same(outs[1], outs[0])
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
-
-
-class _After:
-    """Hands over ``prompts`` once ``k`` steps have been reported."""
-
-    def __init__(self, prompts, k):
-        self.prompts, self.k, self.steps, self.joined_at = list(prompts), k, 0, None
-
-    def on_step(self, event):
-        self.steps += 1
-
-    def waiting(self):
-        return bool(self.prompts) and self.steps >= self.k
-
-    def take(self):
-        out, self.prompts, self.joined_at = self.prompts, [], self.steps
-        return out
 
 
 def test_graphs_run_their_body_eagerly_when_off():
