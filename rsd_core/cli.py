@@ -36,13 +36,7 @@ def _options(a: argparse.Namespace) -> tuple[RSDOptions, RSDConfig]:
 
 
 def _decoder(opts: RSDOptions, cfg: RSDConfig) -> RewardGuidedDecoder:
-    if (opts.draft_model is None) != (opts.model is None):
-        raise ValueError("name both --draft and --target (or neither, for the embedded toy models)")
-    if opts.draft_model is not None and opts.reward_model is None and 0.0 < cfg.threshold < 1.0:
-        raise ValueError(f"--threshold {cfg.threshold} needs a reward model to judge the draft's steps: name one "
-                         "with --reward (and --reward-type if it cannot be detected), or use --threshold 0 "
-                         "(draft only) or 1 (target only)")
-    return opts.model_spec().load(cfg)
+    return opts.model_spec().load(cfg)  # the options checked that the models named go together
 
 
 def _fmt_flops(x: float) -> str:

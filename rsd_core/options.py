@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -36,17 +37,34 @@ if TYPE_CHECKING:
 __all__ = ["ModelSpec", "OptionError", "RSDOptions"]
 
 
+UNSET: Any = object()  # a problem's value when the option was not given at all
+
+
+def python_spelling(name: str, value: Any) -> str:
+    """An option as a Python caller spells it (``threshold=1.5``; ``reward_model=`` when not given)."""
+    return f"{name}=" if value is UNSET else f"{name}={value!r}"
+
+
 class OptionError(ValueError):
-    """Bad options: ``problems`` holds (option name, value given, rule broken) for each."""
+    """Bad options: ``problems`` holds (option name, value given, rule broken) for each. A rule may name
+    other options as ``{option}``: each is spelled the way the caller spells options."""
 
     def __init__(self, problems: list[tuple[str, Any, str]], prefix: str = "",
-                 spell: Callable[[str, Any], str] = lambda name, value: f"{name}={value!r}") -> None:
+                 spell: Callable[[str, Any], str] = python_spelling) -> None:
         self.problems, self.prefix = problems, prefix
-        super().__init__(prefix + "; ".join(f"{spell(name, value)}: {rule}" for name, value, rule in problems))
+
+        def rule_text(rule: str) -> str:
+            return _OPTION_REF.sub(lambda m: spell(m.group(1), UNSET), rule)
+
+        super().__init__(prefix + "; ".join(f"{spell(name, value)}: {rule_text(rule)}"
+                                            for name, value, rule in problems))
 
     def respelled(self, spell: Callable[[str, Any], str], prefix: str = "") -> OptionError:
         """The same problems with each option spelled another way (a CLI flag)."""
         return OptionError(self.problems, prefix, spell)
+
+
+_OPTION_REF = re.compile(r"\{([a-z_]+)\}")
 
 
 def _problems(e: ValidationError, names: dict[str, str] | None = None) -> list[tuple[str, Any, str]]:
@@ -148,6 +166,24 @@ class RSDOptions(BaseModel):
             super().__init__(**data)
         except ValidationError as e:  # one line that names the option, the value and the rule
             raise OptionError(_problems(e), f"{type(self).__name__}: ") from None
+        try:
+            self.check_models()
+        except OptionError as e:
+            raise e.respelled(python_spelling, f"{type(self).__name__}: ") from None
+
+    def check_models(self, threshold: float | None = None) -> None:
+        """The models named go together: a target with its draft (or neither: the toy trio), and a reward
+        model wherever rewards decide (a threshold strictly between 0 and 1; ``threshold``: a call's own)."""
+        if (self.draft_model is None) != (self.model is None):
+            missing = "draft_model" if self.draft_model is None else "model"
+            raise OptionError([(missing, UNSET, "name both {draft_model} and {model} (or neither, for the "
+                                                "embedded toy models)")])
+        t = self.threshold if threshold is None else threshold
+        if self.draft_model is not None and self.reward_model is None and 0.0 < t < 1.0:
+            raise OptionError([("reward_model", UNSET, f"threshold {t} needs a reward model to judge the draft's "
+                                                       "steps: name one (and {reward_type} if its family cannot be "
+                                                       "detected), or use {threshold} 0 (draft only) or 1 (target "
+                                                       "only)")])
 
     # The options one call may override (``llm.invoke(..., temperature=0.5)``); tools and stop strings too.
     CALL_OPTIONS: ClassVar[frozenset[str]] = frozenset(
@@ -182,9 +218,12 @@ class RSDOptions(BaseModel):
                    "max_steps": self.max_steps, "max_step_tokens": self.max_step_tokens,
                    "draft_sampling": sampling, "target_sampling": sampling, "seed": call.get("seed", self.seed)}
         try:
-            return RSDConfig.model_validate(base.model_dump() | updates)
+            config = RSDConfig.model_validate(base.model_dump() | updates)
         except ValidationError as e:
             raise OptionError(_problems(e, OPTION_NAMES)[:1]) from None
+        if "threshold" in call:
+            self.check_models(config.threshold)
+        return config
 
     # ----------------------------------------------------------------------------- the rsd command's flags
 
@@ -223,9 +262,9 @@ class RSDOptions(BaseModel):
 
 
 def flag_spelling(name: str, value: Any) -> str:
-    """An option as the ``rsd`` command spells it (``--threshold 1.5``)."""
+    """An option as the ``rsd`` command spells it (``--threshold 1.5``; ``--reward`` when not given)."""
     flag = CLI_FLAGS.get(name, (name,))[0]
-    return f"{flag} {value!r}"
+    return flag if value is UNSET else f"{flag} {value!r}"
 
 
 def _scalar(annotation: Any) -> Any:

@@ -157,3 +157,26 @@ def test_rsd_llm_timeout_stops_waiting(tiny_paths):
     with pytest.raises(TimeoutError, match=r"timeout=0\.5"):
         RSDLLM(decoder=dec, timeout=0.5, max_tokens=8).complete(Q)
     release.set()
+
+
+@pytest.mark.parametrize("cls", [ChatRSD, RSDLLM])
+def test_models_that_do_not_go_together_are_named_in_the_clients_terms(cls):
+    """A target without its draft, or a draft and target whose threshold lets rewards decide with no reward
+    model: refused when the client is made (and for a call's own threshold, when the call is made), naming
+    the client's fields, not the decoder's or the command's."""
+    from rsd_core.options import OptionError
+    from rsd_core.toy import toy_model_paths
+
+    p = toy_model_paths()
+    name = cls.__name__
+    with pytest.raises(OptionError, match=rf"^{name}: draft_model=: name both draft_model= and model="):
+        cls(model=p["target"])
+    with pytest.raises(OptionError, match=rf"^{name}: reward_model=: threshold 0.7 needs a reward model.*"
+                                          r"reward_type=.*threshold= 0 \(draft only\)"):
+        cls(model=p["target"], draft_model=p["draft"])
+    target_only = cls(model=p["target"], draft_model=p["draft"], threshold=1.0, max_tokens=8)
+    call = target_only.invoke if cls is ChatRSD else target_only.complete
+    with pytest.raises(OptionError, match=r"^reward_model=: threshold 0.5 needs a reward model"):
+        call(Q, threshold=0.5)
+    assert call(Q) is not None  # still usable
+    target_only.close()
