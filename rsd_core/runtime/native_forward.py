@@ -260,4 +260,3 @@ class NativeForward:
             gate_up = layer.gate_up(_rms_norm(x, layer.post_norm, layer.eps))
             x = x + layer.down(F.silu(gate_up[..., :layer.inter]) * gate_up[..., layer.inter:])
         return x
-
