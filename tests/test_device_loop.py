@@ -20,8 +20,9 @@ from test_native_engine import staggered, trace
 MORE = PROMPTS + ["Dan has 7 cats and 2 dogs.", "Eve reads 3 books a week."]
 
 
-def pair(paths, reward=every_other_step, window=8, **cfg):
-    """The same decoder twice: host loop, and device loop with ``window`` tokens per check."""
+def pair(paths, reward=every_other_step, window=8, loop_options=None, **cfg):
+    """The same decoder twice: host loop, and device loop with ``window`` tokens per check (and
+    ``loop_options``: launches, polling)."""
     config = RSDConfig(max_new_tokens=cfg.pop("max_new_tokens", 40), max_step_tokens=cfg.pop("max_step_tokens", 6),
                        **cfg)
     out = []
@@ -30,7 +31,7 @@ def pair(paths, reward=every_other_step, window=8, **cfg):
         t = HFGenerator.from_pretrained(paths["target"], device_loop=loop)
         if loop:
             for g in (d, t):
-                g.cached.device_loop = DeviceLoop(g.cached, window=window)
+                g.cached.device_loop = DeviceLoop(g.cached, window=window, **(loop_options or {}))
         out.append(RewardGuidedDecoder(d, t, reward, config))
     return out
 
@@ -115,6 +116,61 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
         assert arrivals.joined_at is not None
     same(outs[1], outs[0])
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
+
+
+@pytest.mark.parametrize("options", [{"per_launch": 3}, {"early": 1.0}, {"early": 0.1, "per_launch": 2}])
+def test_device_loop_launches_several_tokens_and_looks_early(tiny_paths, options):
+    """Several tokens per launch (the window rounds up to whole launches), and looks as soon as the
+    device flags them: the same tokens, steps and ledgers."""
+    host, device = pair(tiny_paths, staggered, window=7, loop_options=options)
+    assert device.target.cached.device_loop.window % device.target.cached.device_loop.per_launch == 0
+    same(device.generate(MORE), host.generate(MORE))
+
+
+class _Event:
+    """A CUDA event as the polling loop sees it, for CPU tensors (done at once or after a few queries)."""
+
+    def __init__(self, log, slow):
+        self.log, self.slow, self.left = log, slow, 0
+
+    def record(self):
+        self.left = 2 if self.slow else 0
+
+    def query(self):
+        self.left -= 1
+        return self.left < 0
+
+    def synchronize(self):
+        if self.left >= 0:  # not done yet: the host blocks
+            self.log.append("wait")
+        self.left = -1
+
+
+@pytest.mark.parametrize("ahead,slow", [(1, False), (2, True), (3, False)])
+def test_device_loop_polls_flags_behind_queued_launches(tiny_paths, ahead, slow):
+    """The CUDA path: each launch's flag is copied out behind it and polled while ``ahead`` launches stay
+    queued (here with stand-in events over CPU tensors): a look noticed late runs idle rows, not other
+    tokens."""
+    host, device = pair(tiny_paths, staggered, loop_options={"ahead": ahead})
+    waits: list[str] = []
+    for g in (device.draft, device.target):
+        loop = g.cached.device_loop
+        loop._events = [_Event(waits, slow) for _ in range(len(loop._flags))]
+    same(device.generate(MORE), host.generate(MORE))
+    assert ("wait" in waits) == (slow or ahead == 1)
+
+
+def test_device_loop_stops_at_a_steps_end_at_batch_1(tiny_paths):
+    """Alone, a row's step end is looked at the token it happens: no forward runs past it, so the
+    forwards are the host loop's (which stops at once), and one look per step or window."""
+    host, device = pair(tiny_paths, None, threshold=0.0, max_new_tokens=48)
+    a, b = device.generate(MORE[:1]), host.generate(MORE[:1])
+    same(a, b)
+    assert device.draft.cached.forwards == host.draft.cached.forwards
+    loop = device.draft.cached.device_loop
+    assert loop.looks == len(a[0].steps)  # steps of 6 tokens, windows of 8
+    with pytest.raises(ValueError, match="per_launch"):
+        DeviceLoop(device.draft.cached, per_launch=0)
 
 
 def test_graphs_run_their_body_eagerly_when_off():

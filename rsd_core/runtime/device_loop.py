@@ -1,13 +1,17 @@
-"""The native engine's decode loop with its state on the device: several tokens between host checks.
+"""The native engine's decode loop with its state on the device: several tokens per launch, no waiting on the host.
 
 On a GPU the host loop of ``native_engine.py`` costs more than the model: every token it launches each
 layer's kernels one by one and waits for the sampled token to decide which rows go on. Here the loop's
 state (each slot's token, position, step length, budget, whether it is still writing) lives in device
 tensors, and one token is one body of device work (``_token``: the forward of every slot, sampling, the
-step-end test, the bookkeeping), captured as a CUDA graph and replayed. The host looks only every
-``window`` tokens: it reads which rows ended their step, hands them to the step hook, and restarts or
-drops them. A row whose step ends inside a window idles (writing to the cache's scratch column) until
-that check, so no forward runs more than ``window - 1`` tokens past a step's end.
+step-end test, the bookkeeping). ``per_launch`` tokens are captured together as one CUDA graph and
+replayed as one launch. After each launch the device copies one flag to pinned host memory (whether the
+rows whose steps ended are reason to look: all of them, or at least ``early`` of the rows writing) and the
+host polls that copy without blocking while up to ``ahead`` launches stay queued, so the device never
+waits for the host between launches. The host looks at the tokens (one sync) when the flag is up or after
+``window`` tokens: it hands the ended steps to the step hook, and restarts or drops those rows. A row whose
+step ended idles (writing to the cache's scratch column) until that look: at batch 1 that is at most
+``per_launch * ahead - 1`` tokens (on CPU, where each launch is done when it returns, ``per_launch - 1``).
 
 Every slot of the cache is a row, in slot order (no gather of K/V); slots outside the call are idle
 rows. Greedy and seeded sampling stay inside the graph (``sampling.Draws``), and so does keeping the
@@ -22,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,11 +49,24 @@ class DeviceLoop:
     """Decode state and captured token bodies for one ``NativeCachedModel``."""
 
     def __init__(self, engine: NativeCachedModel, window: int = 8, graphs: bool | None = None,
-                 compiled: bool = False):
-        """``graphs``: capture each token's body as a CUDA graph (default: on CUDA). ``compiled``: the
-        forward through ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
+                 compiled: bool = False, per_launch: int = 1, ahead: int = 2, early: float = 0.5):
+        """``window``: most tokens between two host looks (rounded up to whole launches). ``per_launch``:
+        tokens per launch (one captured graph). ``ahead``: launches queued before the host waits for the
+        oldest one's flag (CUDA). ``early``: look as soon as this share of the rows writing have ended their
+        step (an idle row costs a decode batch little; a look costs a sync). ``graphs``: capture the
+        launches as CUDA graphs (default: on CUDA). ``compiled``: each token's body through
+        ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
+        if per_launch < 1 or ahead < 1 or not 0.0 < early <= 1.0:
+            raise ValueError(f"per_launch and ahead must be >= 1 and early in (0, 1]; got {per_launch}, {ahead}, "
+                             f"{early}")
         self.eng = engine
-        self.window = max(1, window)
+        self.per_launch, self.ahead, self.early = per_launch, ahead, early
+        self.window = -(-max(1, window) // per_launch) * per_launch
+        self.looks = 0  # host looks at the device so far (each one sync)
+        cuda = engine.device.type == "cuda"
+        launches = self.window // per_launch + 1  # a window's, and the flag as a decode starts
+        self._flags = torch.zeros(launches, dtype=torch.bool, pin_memory=cuda)
+        self._events = [torch.cuda.Event() for _ in range(launches)] if cuda else []
         self.graphs = Graphs(engine.device.type == "cuda" if graphs is None else graphs)
         # The whole token body (forward, sampling, bookkeeping) as one compiled graph. Shapes specialise
         # first and turn dynamic where they change (the attention length, by bucket): two compilations,
@@ -69,6 +87,7 @@ class DeviceLoop:
             self.s = {name: torch.zeros(S, dtype=long, device=dev)
                       for name in ("tok", "prev", "pos", "n_gen", "budget", "m", "fed")}
             self.s.update({name: torch.zeros(S, dtype=torch.bool, device=dev) for name in ("live", "ended", "eos")})
+            self.s["look"] = torch.zeros(1, dtype=torch.bool, device=dev)  # the host should look now
             self.s["out"] = torch.zeros(S, self.window + 2, dtype=long, device=dev)  # the window's tokens
             self.draws = Draws(torch.zeros(S, dtype=long, device=dev), torch.zeros(S, dtype=long, device=dev))
             self._slots = S
@@ -99,6 +118,9 @@ class DeviceLoop:
         s["prev"].copy_(torch.where(live, tok, s["prev"]))
         s["tok"].copy_(torch.where(live, tok, s["tok"]))
         s["live"].logical_and_(~done)
+        # Worth a look: no row writes any more, or ``early`` of the rows writing since the last look ended.
+        ended = s["ended"].sum()
+        s["look"].copy_(((ended > 0) & (ended >= self.early * (ended + s["live"].sum()))).view(1))
 
     def _token(self, L: int, pick: Pick, boundary: Any) -> torch.Tensor:
         """One token for every live row: read its newest token, then pick the next. Idle rows compute too
@@ -159,10 +181,10 @@ class DeviceLoop:
         writing = set(range(len(states)))
         # The boundary itself, not its id: the key keeps alive the tables a captured graph reads.
         mode = (limit, boundary, sampling.temperature, sampling.top_p, sampling.top_k, by_slot is not None, keep)
-        while not self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None) \
-                and writing:
-            # Room for one more window in every writing slot (budgets keep rows inside max_len), then the
-            # window itself, with no host check inside it.
+        first = True
+        while writing:
+            # Room for one more window in every writing slot (budgets keep rows inside max_len), then
+            # launches until the device flags a look or the window is full; then the look.
             top = max(cache.lengths[states[i].slot] for i in writing) + self.window + 1
             cache.reserve(min(top, cache.max_len))
             L = min(cache.capacity, -(-top // BUCKET) * BUCKET)
@@ -171,14 +193,46 @@ class DeviceLoop:
             key = ((cache.generation, eng.forward.cos.shape[0]), S, L, mode)
             state = [*s.values(), *([by_slot.counts] if by_slot is not None else []),
                      *([self.probs] if keep and self.probs is not None else [])]
-            for _ in range(self.window):
-                self.graphs.run(key, lambda: self._step(L, pick, boundary), state=state)
-            eng.forwards += self.window
+            self._launch_window(key, lambda: self._launch(L, pick, boundary), state, flagged_first=first)
+            first = False
+            if self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None):
+                break
         if by_slot is not None and draws is not None:
             draws.counts.copy_(by_slot.counts[slots])
         if probs_out is not None:
             probs_out[:] = [torch.cat(p) if p else None for p in row_probs]
         return eos
+
+    def _launch(self, L: int, pick: Pick, boundary: Any) -> None:
+        for _ in range(self.per_launch):
+            self._step(L, pick, boundary)
+
+    def _launch_window(self, key: Any, launch: Callable[[], None], state: list[torch.Tensor],
+                       flagged_first: bool = False) -> None:
+        """Launch until the device flags a look (or the window is full). On CUDA each launch's flag is
+        copied to pinned memory behind it and polled without blocking while ``ahead`` launches stay queued;
+        elsewhere a launch is done when it returns, so its flag is read at once. ``flagged_first``: the
+        flag may already be up (the first token of a decode ended its step) before any launch."""
+        queued: deque[int] = deque()
+        flag = self.s["look"]
+        for j in range(self.window // self.per_launch + 1):
+            if j > 0:
+                self.graphs.run(key, launch, state=state)
+                self.eng.forwards += self.per_launch
+            elif not flagged_first:
+                continue
+            if not self._events:
+                if bool(flag):
+                    return
+                continue
+            self._flags[j:j + 1].copy_(flag, non_blocking=True)
+            self._events[j].record()
+            queued.append(j)
+            while queued and (len(queued) >= self.ahead or self._events[queued[0]].query()):
+                oldest = queued.popleft()
+                self._events[oldest].synchronize()
+                if self._flags[oldest]:
+                    return
 
     def _check(self, states: list[SlotSeq], writing: set[int], gens: list[list[int]], books: list[Any],
                eos: list[bool], on_step_end: StepHook | None, boundary: Any,
@@ -186,6 +240,7 @@ class DeviceLoop:
         """The host's look at the device: each row's tokens since the last look go to its ledger; the rows
         whose step ended go to the hook, which says who writes on. True: every row stops where it is."""
         s, cache, dev = self.s, self.eng.cache, self.eng.device
+        self.looks += 1
         m, fed, ended, at_eos = (x.tolist() for x in (s["m"], s["fed"], s["ended"], s["eos"]))
         out = s["out"].tolist()
         finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
@@ -212,7 +267,7 @@ class DeviceLoop:
                     if row_probs is not None and row_probs[i]:
                         probs, row_probs[i] = torch.cat(row_probs[i]), []
                     finished.append((i, gens[i], bool(at_eos[slot]), probs))
-        for name in ("m", "fed", "ended"):
+        for name in ("m", "fed", "ended", "look"):
             s[name].zero_()
         if not finished:
             return False
