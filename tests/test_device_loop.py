@@ -118,6 +118,24 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
 
 
+def test_device_loop_reads_only_the_calls_slots(tiny_paths, monkeypatch):
+    """A decode's rows are its own sequences (padded to a power of two), each reading its slot by index:
+    the target rewriting a few rejected steps reads those slots, not every slot in flight."""
+    host, device = pair(tiny_paths, staggered)
+    seen = []
+    real = type(device.target.cached.forward).decode_slots
+
+    def spy(fwd, tok, pos, cols, L, cache, slots=None):
+        seen.append((fwd is device.target.cached.forward, tok.shape[0], cache.slots, slots is not None))
+        return real(fwd, tok, pos, cols, L, cache, slots)
+
+    monkeypatch.setattr(type(device.target.cached.forward), "decode_slots", spy)
+    same(device.generate(MORE), host.generate(MORE))
+    target = [(rows, slots, gathered) for is_target, rows, slots, gathered in seen if is_target]
+    assert any(gathered and rows < slots for rows, slots, gathered in target)
+    assert all(rows & (rows - 1) == 0 for _, rows, _, _ in seen)  # powers of two
+
+
 @pytest.mark.parametrize("options", [{"per_launch": 3}, {"early": 1.0}, {"early": 0.1, "per_launch": 2}])
 def test_device_loop_launches_several_tokens_and_looks_early(tiny_paths, options):
     """Several tokens per launch (the window rounds up to whole launches), and looks as soon as the

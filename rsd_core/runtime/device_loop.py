@@ -13,10 +13,11 @@ waits for the host between launches. The host looks at the tokens (one sync) whe
 step ended idles (writing to the cache's scratch column) until that look: at batch 1 that is at most
 ``per_launch * ahead - 1`` tokens (on CPU, where each launch is done when it returns, ``per_launch - 1``).
 
-Every slot of the cache is a row, in slot order (no gather of K/V); slots outside the call are idle
-rows. Greedy and seeded sampling stay inside the graph (``sampling.Draws``), and so does keeping the
-distributions a sampled step was drawn from (for the target's speculated rewrite of it); rows under a
-grammar take the host loop. Off CUDA the same bodies run eagerly (tests compare both loops token for token).
+The rows are the call's sequences, padded with idle rows to a power of two (so few shapes are captured),
+each reading its own slot's K/V (by index, or as a view when the rows are slots 0.. in order): a target
+rewriting two rejected steps among 128 sequences in flight reads two slots, not 128. Greedy and seeded
+sampling stay inside the graph (``sampling.Draws``), and so does keeping the distributions a sampled step
+was drawn from (for the target's speculated rewrite of it); rows under a grammar take the host loop. Off CUDA the same bodies run eagerly (tests compare both loops token for token).
 
 Example:
     >>> eng = NativeCachedModel(model, pad_id=0, device_loop=True)          # doctest: +SKIP
@@ -73,9 +74,11 @@ class DeviceLoop:
         # then none (shapes dynamic from the start ran 40% slower on CPU).
         self._step = torch.compile(self._token) if compiled else self._token
         self._slots = -1  # how many slots the state tensors were made for
-        self.s: dict[str, torch.Tensor] = {}
+        self.s: dict[str, torch.Tensor] = {}  # one entry per slot of the cache (the most rows a decode has)
+        self.v: dict[str, torch.Tensor] = {}  # views of the first rows: the current decode's
         self.draws: Draws | None = None
         self.probs: torch.Tensor | None = None  # [slots, window + 2, vocab]: the window's distributions, when kept
+        self.gather = False  # the decode's rows read their slots' K/V by index (not slots 0.. in order)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, torch.Tensor]:
@@ -85,7 +88,7 @@ class DeviceLoop:
         if cache.slots != self._slots:
             S, dev, long = cache.slots, self.eng.device, torch.long
             self.s = {name: torch.zeros(S, dtype=long, device=dev)
-                      for name in ("tok", "prev", "pos", "n_gen", "budget", "m", "fed")}
+                      for name in ("tok", "prev", "pos", "n_gen", "budget", "m", "fed", "slot")}
             self.s.update({name: torch.zeros(S, dtype=torch.bool, device=dev) for name in ("live", "ended", "eos")})
             self.s["look"] = torch.zeros(1, dtype=torch.bool, device=dev)  # the host should look now
             self.s["out"] = torch.zeros(S, self.window + 2, dtype=long, device=dev)  # the window's tokens
@@ -100,7 +103,7 @@ class DeviceLoop:
     def _record(self, logits: torch.Tensor, pick: Pick, boundary: Any) -> None:
         """Sample each live row's next token and note it: the step's length, its end, the window's tokens
         (and the distributions they were drawn from, when kept)."""
-        s = self.s
+        s = self.v
         live = s["live"]
         drawn: list[torch.Tensor] = []
         tok = pick(logits, drawn)
@@ -109,7 +112,7 @@ class DeviceLoop:
         s["out"].scatter_(1, at[:, None], tok[:, None])
         if drawn and self.probs is not None:
             V = drawn[0].shape[-1]
-            self.probs[:, :, :V].scatter_(1, at[:, None, None].expand(-1, 1, V), drawn[0][:, None, :])
+            self.probs[: at.shape[0], :, :V].scatter_(1, at[:, None, None].expand(-1, 1, V), drawn[0][:, None, :])
         s["m"].add_(live.long())
         s["n_gen"].add_(live.long())
         s["eos"].logical_or_(live & is_eos)
@@ -124,12 +127,12 @@ class DeviceLoop:
 
     def _token(self, L: int, pick: Pick, boundary: Any) -> torch.Tensor:
         """One token for every live row: read its newest token, then pick the next. Idle rows compute too
-        (fixed shapes), at position 0, writing to the scratch column."""
-        s, cache = self.s, self.eng.cache
+        (fixed shapes), at position 0, writing to their slot's scratch column."""
+        s, cache = self.v, self.eng.cache
         live = s["live"]
         pos = torch.where(live, s["pos"], 0)
         cols = torch.where(live, s["pos"], cache.capacity)
-        logits = self.eng.forward.decode_slots(s["tok"], pos, cols, L, cache)
+        logits = self.eng.forward.decode_slots(s["tok"], pos, cols, L, cache, s["slot"] if self.gather else None)
         s["pos"].add_(live.long())
         s["fed"].add_(live.long())
         self._record(logits, pick, boundary)
@@ -146,21 +149,29 @@ class DeviceLoop:
         (sampling only): filled with the distributions of each row's unfinished step."""
         eng, cache = self.eng, self.eng.cache
         s = self._state()
-        dev, S = eng.device, cache.slots
-        slots = torch.tensor([st.slot for st in states], device=dev)
-        by_slot = self.draws if draws is not None and not sampling.greedy else None
+        dev, S, B = eng.device, cache.slots, len(states)
+        # The decode's rows: the call's sequences, then idle rows up to a power of two (fewer shapes to
+        # capture or compile), each row reading its own slot; slots 0..B-1 in order are read as a view.
+        R = min(S, 1 << (B - 1).bit_length())
+        slots = [st.slot for st in states]
+        self.gather = slots != list(range(B))
         for t in s.values():
             t.zero_()
-        s["live"][slots] = True
-        s["budget"][slots] = torch.tensor(budgets, device=dev)
-        s["n_gen"][slots] = torch.tensor([len(g) for g in gens], device=dev)  # a resumed step's tokens count
-        s["prev"].fill_(boundary.none)
+        self.v = v = {name: t if name == "look" else t[:R] for name, t in s.items()}
+        v["slot"][:B] = torch.tensor(slots, device=dev)
+        v["slot"][B:] = slots[0]  # idle rows write to that slot's scratch column
+        v["live"][:B] = True
+        v["budget"][:B] = torch.tensor(budgets, device=dev)
+        v["n_gen"][:B] = torch.tensor([len(g) for g in gens], device=dev)  # a resumed step's tokens count
+        v["prev"].fill_(boundary.none)
         if first_prev is not None:
-            s["prev"][slots] = torch.tensor(first_prev, device=dev)
-        s["pos"][slots] = torch.tensor([cache.lengths[st.slot] for st in states], device=dev)
-        if by_slot is not None and draws is not None:
-            by_slot.keys[slots] = draws.keys
-            by_slot.counts[slots] = draws.counts
+            v["prev"][:B] = torch.tensor(first_prev, device=dev)
+        v["pos"][:B] = torch.tensor([cache.lengths[slot] for slot in slots], device=dev)
+        by_row = None
+        if draws is not None and not sampling.greedy and self.draws is not None:
+            by_row = Draws(self.draws.keys[:R], self.draws.counts[:R])
+            by_row.keys[:B] = draws.keys
+            by_row.counts[:B] = draws.counts
 
         keep = probs_out is not None and not sampling.greedy
         if keep and (self.probs is None or self.probs.shape[0] != S or self.probs.shape[2] < limit):
@@ -169,18 +180,18 @@ class DeviceLoop:
         row_probs: list[list[torch.Tensor]] = [[] for _ in states]
 
         def pick(lg: torch.Tensor, drawn: list[torch.Tensor]) -> torch.Tensor:
-            tok = sample_next(lg[:, :limit], sampling, by_slot, drawn if keep else None)
-            if by_slot is not None:
-                by_slot.advance(s["live"])
+            tok = sample_next(lg[:, :limit], sampling, by_row, drawn if keep else None)
+            if by_row is not None:
+                by_row.advance(v["live"])
             return tok
 
-        full = logits.new_zeros((S, logits.shape[-1]))
-        full[slots] = logits
+        full = logits.new_zeros((R, logits.shape[-1]))
+        full[:B] = logits
         self._record(full, pick, boundary)  # the first token, from the pending tokens' logits
         eos = [False] * len(states)
         writing = set(range(len(states)))
         # The boundary itself, not its id: the key keeps alive the tables a captured graph reads.
-        mode = (limit, boundary, sampling.temperature, sampling.top_p, sampling.top_k, by_slot is not None, keep)
+        mode = (limit, boundary, sampling.temperature, sampling.top_p, sampling.top_k, by_row is not None, keep)
         first = True
         while writing:
             # Room for one more window in every writing slot (budgets keep rows inside max_len), then
@@ -190,15 +201,15 @@ class DeviceLoop:
             L = min(cache.capacity, -(-top // BUCKET) * BUCKET)
             eng.forward.rope_upto(L)
             s = self._state()
-            key = ((cache.generation, eng.forward.cos.shape[0]), S, L, mode)
-            state = [*s.values(), *([by_slot.counts] if by_slot is not None else []),
+            key = ((cache.generation, eng.forward.cos.shape[0]), S, R, self.gather, L, mode)
+            state = [*s.values(), *([by_row.counts] if by_row is not None else []),
                      *([self.probs] if keep and self.probs is not None else [])]
             self._launch_window(key, lambda: self._launch(L, pick, boundary), state, flagged_first=first)
             first = False
             if self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None):
                 break
-        if by_slot is not None and draws is not None:
-            draws.counts.copy_(by_slot.counts[slots])
+        if by_row is not None and draws is not None:
+            draws.counts.copy_(by_row.counts[:B])
         if probs_out is not None:
             probs_out[:] = [torch.cat(p) if p else None for p in row_probs]
         return eos
@@ -239,34 +250,33 @@ class DeviceLoop:
                row_probs: list[list[torch.Tensor]] | None) -> bool:
         """The host's look at the device: each row's tokens since the last look go to its ledger; the rows
         whose step ended go to the hook, which says who writes on. True: every row stops where it is."""
-        s, cache, dev = self.s, self.eng.cache, self.eng.device
+        s, cache, dev = self.v, self.eng.cache, self.eng.device
         self.looks += 1
         m, fed, ended, at_eos = (x.tolist() for x in (s["m"], s["fed"], s["ended"], s["eos"]))
         out = s["out"].tolist()
         finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
-        for i in sorted(writing):
+        for i in sorted(writing):  # row i is states[i]
             st = states[i]
-            slot = st.slot
-            new = out[slot][: m[slot]]
+            new = out[i][: m[i]]
             gens[i].extend(new)
             st.ids.extend(new)
-            cache.lengths[slot] += fed[slot]
-            st.n_cached += fed[slot]
+            cache.lengths[st.slot] += fed[i]
+            st.n_cached += fed[i]
             st.own_unfed = 1 if st.n_cached < len(st.ids) else 0
             books[i].generated += len(new)
-            books[i].fed += fed[slot]
+            books[i].fed += fed[i]
             if row_probs is not None and self.probs is not None and new:  # copied: the buffer is rewritten
-                row_probs[i].append(self.probs[slot, : len(new), : self.probs.shape[2]].clone())
-            self.eng.forward_rows += fed[slot]
-            eos[i] = eos[i] or bool(at_eos[slot])
-            if ended[slot]:
+                row_probs[i].append(self.probs[i, : len(new), : self.probs.shape[2]].clone())
+            self.eng.forward_rows += fed[i]
+            eos[i] = eos[i] or bool(at_eos[i])
+            if ended[i]:
                 writing.discard(i)
                 if on_step_end is not None:
                     books[i].settle(st, self.eng.flops)
                     probs = None
                     if row_probs is not None and row_probs[i]:
                         probs, row_probs[i] = torch.cat(row_probs[i]), []
-                    finished.append((i, gens[i], bool(at_eos[slot]), probs))
+                    finished.append((i, gens[i], bool(at_eos[i]), probs))
         for name in ("m", "fed", "ended", "look"):
             s[name].zero_()
         if not finished:
@@ -283,7 +293,7 @@ class DeviceLoop:
             rows = [states[i] for i, _ in fresh]
             if any(len(st.pending) != 1 for st in rows):
                 raise RuntimeError("internal: a row goes on with other than its own newest token pending")
-            idx = torch.tensor([st.slot for st in rows], device=dev)
+            idx = torch.tensor([i for i, _ in fresh], device=dev)
             s["tok"][idx] = torch.tensor([st.ids[-1] for st in rows], device=dev)
             s["pos"][idx] = torch.tensor([cache.lengths[st.slot] for st in rows], device=dev)
             s["budget"][idx] = torch.tensor([n for _, n in fresh], device=dev)

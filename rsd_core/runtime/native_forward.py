@@ -208,16 +208,17 @@ class NativeForward:
         return self.lm_head(_rms_norm(x, self.norm, self.norm_eps))
 
     def decode_slots(self, tok: torch.Tensor, pos: torch.Tensor, cols: torch.Tensor, L: int,
-                     cache: SlotCache) -> torch.Tensor:
-        """Logits [S, V] for one new token per slot, every slot of ``cache`` in order: ``tok[s]`` at
-        position ``pos[s]``, its K/V written at column ``cols[s]`` (the scratch column for a slot with
-        nothing to write). Reads columns ``:L`` of each slot, up to its own position. Device tensors only,
-        no host work and fixed shapes: a CUDA graph can capture it (``runtime/device_loop.py``)."""
-        S = tok.shape[0]
+                     cache: SlotCache, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [R, V] for one new token per row: ``tok[r]`` at position ``pos[r]`` of slot ``slots[r]``
+        (default: row r is slot r), its K/V written at column ``cols[r]`` (the slot's scratch column for a
+        row with nothing to write). Reads columns ``:L`` of each row's slot, up to its own position.
+        Device tensors only, no host work and fixed shapes: a CUDA graph can capture it
+        (``runtime/device_loop.py``)."""
+        R = tok.shape[0]
         p = pos[:, None]
-        mask = (torch.arange(L, device=self.device)[None, None, :] <= p[:, :, None])[:, None]  # [S, 1, 1, L]
-        rows = torch.arange(S, device=self.device)[:, None]
-        x = self._layers(self.embed[tok[:, None]], p, rows, None, 0, L, mask, False, cache.keys, cache.values,
+        mask = (torch.arange(L, device=self.device)[None, None, :] <= p[:, :, None])[:, None]  # [R, 1, 1, L]
+        rows = (torch.arange(R, device=self.device) if slots is None else slots)[:, None]
+        x = self._layers(self.embed[tok[:, None]], p, rows, slots, 0, L, mask, False, cache.keys, cache.values,
                          cols=cols[:, None])
         return self.lm_head(_rms_norm(x[:, 0], self.norm, self.norm_eps))
 
