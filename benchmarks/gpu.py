@@ -256,11 +256,12 @@ def run_scheduled(dec: RewardGuidedDecoder, prm: Any, prompts: list[str], alpha:
     dec.reward = AlphaReward(prm, 0.5 if alpha is None else alpha, seed=1)
     models = {"draft": dec.draft.cached, "target": dec.target.cached}
     for m in models.values():
-        m.forwards = m.forward_rows = 0
+        m.forwards = m.forward_rows = m.rows_computed = 0
     res, row = timed_run(dec, prompts, cfg, alpha)
     return row | {"scheduler": cfg.scheduler, "steps": sum(len(r.accepted_steps) for r in res),
                   **{f"{k}_forwards": m.forwards for k, m in models.items()},
-                  **{f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()}}
+                  **{f"{k}_rows_per_forward": m.forward_rows / max(1, m.forwards) for k, m in models.items()},
+                  **{f"{k}_computed_per_forward": m.rows_computed / max(1, m.forwards) for k, m in models.items()}}
 
 
 def main() -> int:
@@ -480,14 +481,16 @@ def print_table(R: dict[str, Any]) -> None:
     if R.get("scheduling"):
         print("\nScheduling (native engine, sampled steps of varied length, mean "
               f"{SCHED_STEP} tokens; speedup vs target-only on the same engine)")
+        print("(rows / forward: rows writing or reading, and rows computed, idle rows of the device loop included)")
         print("| batch | α | scheduler | wall s | problems/s | speedup | draft rows / forward | "
               "target forwards | target rows / forward |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in R["scheduling"]:
             print(f"| {r['batch']} | {'target-only' if r['alpha'] is None else r['alpha']} | "
                   f"{'-' if r['alpha'] is None else r['scheduler']} | {r['wall_s']:.2f} | {r['problems_per_s']:.2f} | "
-                  f"{f(r.get('speedup'))} | {f(r['draft_rows_per_forward'])} | {r['target_forwards']} | "
-                  f"{f(r['target_rows_per_forward'])} |")
+                  f"{f(r.get('speedup'))} | {f(r['draft_rows_per_forward'])}, "
+                  f"{f(r.get('draft_computed_per_forward'))} | {r['target_forwards']} | "
+                  f"{f(r['target_rows_per_forward'])}, {f(r.get('target_computed_per_forward'))} |")
     if R["errors"]:
         print("errors:", *R["errors"], sep="\n  ")
 

@@ -134,6 +134,8 @@ def test_device_loop_reads_only_the_calls_slots(tiny_paths, monkeypatch):
     target = [(rows, slots, gathered) for is_target, rows, slots, gathered in seen if is_target]
     assert any(gathered and rows < slots for rows, slots, gathered in target)
     assert all(rows & (rows - 1) == 0 for _, rows, _, _ in seen)  # powers of two
+    eng = device.target.cached
+    assert eng.forward_rows <= eng.rows_computed < eng.forwards * eng.cache.slots
 
 
 @pytest.mark.parametrize("options", [{"per_launch": 3}, {"early": 1.0}, {"early": 0.1, "per_launch": 2}])

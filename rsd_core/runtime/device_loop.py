@@ -14,8 +14,9 @@ step ended idles (writing to the cache's scratch column) until that look: at bat
 ``per_launch * ahead - 1`` tokens (on CPU, where each launch is done when it returns, ``per_launch - 1``).
 
 The rows are the call's sequences, padded with idle rows to a power of two (so few shapes are captured),
-each reading its own slot's K/V (by index, or as a view when the rows are slots 0.. in order): a target
-rewriting two rejected steps among 128 sequences in flight reads two slots, not 128. Greedy and seeded
+each reading its own slot's K/V: as a view when they are slots 0.. in order, by index when they are a
+few slots among many (a target rewriting two rejected steps among 128 sequences in flight reads two
+slots, not 128); otherwise every slot of the cache is a row, in slot order. Greedy and seeded
 sampling stay inside the graph (``sampling.Draws``), and so does keeping the distributions a sampled step
 was drawn from (for the target's speculated rewrite of it); rows under a grammar take the host loop. Off CUDA the same bodies run eagerly (tests compare both loops token for token).
 
@@ -79,6 +80,7 @@ class DeviceLoop:
         self.draws: Draws | None = None
         self.probs: torch.Tensor | None = None  # [slots, window + 2, vocab]: the window's distributions, when kept
         self.gather = False  # the decode's rows read their slots' K/V by index (not slots 0.. in order)
+        self.rows: list[int] = []  # the row of each of the decode's sequences
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, torch.Tensor]:
@@ -150,28 +152,34 @@ class DeviceLoop:
         eng, cache = self.eng, self.eng.cache
         s = self._state()
         dev, S, B = eng.device, cache.slots, len(states)
-        # The decode's rows: the call's sequences, then idle rows up to a power of two (fewer shapes to
-        # capture or compile), each row reading its own slot; slots 0..B-1 in order are read as a view.
-        R = min(S, 1 << (B - 1).bit_length())
+        # The decode's rows. Slots 0..B-1 in order: the first rows, reading their slots as a view (idle
+        # rows up to a power of two: fewer shapes to capture or compile). A few slots among many: the
+        # same, each row reading its slot by index (a copy of its K/V, cheaper than reading every slot).
+        # Otherwise every slot is a row, in slot order, as a view.
         slots = [st.slot for st in states]
-        self.gather = slots != list(range(B))
+        pow2 = min(S, 1 << (B - 1).bit_length())
+        if slots == list(range(B)) or 3 * B < S:
+            R, self.rows, self.gather = pow2, list(range(B)), slots != list(range(B))
+        else:
+            R, self.rows, self.gather = S, slots, False
         for t in s.values():
             t.zero_()
         self.v = v = {name: t if name == "look" else t[:R] for name, t in s.items()}
-        v["slot"][:B] = torch.tensor(slots, device=dev)
-        v["slot"][B:] = slots[0]  # idle rows write to that slot's scratch column
-        v["live"][:B] = True
-        v["budget"][:B] = torch.tensor(budgets, device=dev)
-        v["n_gen"][:B] = torch.tensor([len(g) for g in gens], device=dev)  # a resumed step's tokens count
+        rows = torch.tensor(self.rows, device=dev)
+        v["slot"].fill_(slots[0])  # idle rows write to that slot's scratch column
+        v["slot"][rows] = torch.tensor(slots, device=dev)
+        v["live"][rows] = True
+        v["budget"][rows] = torch.tensor(budgets, device=dev)
+        v["n_gen"][rows] = torch.tensor([len(g) for g in gens], device=dev)  # a resumed step's tokens count
         v["prev"].fill_(boundary.none)
         if first_prev is not None:
-            v["prev"][:B] = torch.tensor(first_prev, device=dev)
-        v["pos"][:B] = torch.tensor([cache.lengths[slot] for slot in slots], device=dev)
+            v["prev"][rows] = torch.tensor(first_prev, device=dev)
+        v["pos"][rows] = torch.tensor([cache.lengths[slot] for slot in slots], device=dev)
         by_row = None
         if draws is not None and not sampling.greedy and self.draws is not None:
             by_row = Draws(self.draws.keys[:R], self.draws.counts[:R])
-            by_row.keys[:B] = draws.keys
-            by_row.counts[:B] = draws.counts
+            by_row.keys[rows] = draws.keys
+            by_row.counts[rows] = draws.counts
 
         keep = probs_out is not None and not sampling.greedy
         if keep and (self.probs is None or self.probs.shape[0] != S or self.probs.shape[2] < limit):
@@ -186,7 +194,7 @@ class DeviceLoop:
             return tok
 
         full = logits.new_zeros((R, logits.shape[-1]))
-        full[:B] = logits
+        full[rows] = logits
         self._record(full, pick, boundary)  # the first token, from the pending tokens' logits
         eos = [False] * len(states)
         writing = set(range(len(states)))
@@ -209,7 +217,7 @@ class DeviceLoop:
             if self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None):
                 break
         if by_row is not None and draws is not None:
-            draws.counts.copy_(by_row.counts[:B])
+            draws.counts.copy_(by_row.counts[rows])
         if probs_out is not None:
             probs_out[:] = [torch.cat(p) if p else None for p in row_probs]
         return eos
@@ -230,6 +238,7 @@ class DeviceLoop:
             if j > 0:
                 self.graphs.run(key, launch, state=state)
                 self.eng.forwards += self.per_launch
+                self.eng.rows_computed += self.per_launch * self.v["live"].shape[0]
             elif not flagged_first:
                 continue
             if not self._events:
@@ -255,28 +264,28 @@ class DeviceLoop:
         m, fed, ended, at_eos = (x.tolist() for x in (s["m"], s["fed"], s["ended"], s["eos"]))
         out = s["out"].tolist()
         finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
-        for i in sorted(writing):  # row i is states[i]
-            st = states[i]
-            new = out[i][: m[i]]
+        for i in sorted(writing):
+            st, r = states[i], self.rows[i]
+            new = out[r][: m[r]]
             gens[i].extend(new)
             st.ids.extend(new)
-            cache.lengths[st.slot] += fed[i]
-            st.n_cached += fed[i]
+            cache.lengths[st.slot] += fed[r]
+            st.n_cached += fed[r]
             st.own_unfed = 1 if st.n_cached < len(st.ids) else 0
             books[i].generated += len(new)
-            books[i].fed += fed[i]
+            books[i].fed += fed[r]
             if row_probs is not None and self.probs is not None and new:  # copied: the buffer is rewritten
-                row_probs[i].append(self.probs[i, : len(new), : self.probs.shape[2]].clone())
-            self.eng.forward_rows += fed[i]
-            eos[i] = eos[i] or bool(at_eos[i])
-            if ended[i]:
+                row_probs[i].append(self.probs[r, : len(new), : self.probs.shape[2]].clone())
+            self.eng.forward_rows += fed[r]
+            eos[i] = eos[i] or bool(at_eos[r])
+            if ended[r]:
                 writing.discard(i)
                 if on_step_end is not None:
                     books[i].settle(st, self.eng.flops)
                     probs = None
                     if row_probs is not None and row_probs[i]:
                         probs, row_probs[i] = torch.cat(row_probs[i]), []
-                    finished.append((i, gens[i], bool(at_eos[i]), probs))
+                    finished.append((i, gens[i], bool(at_eos[r]), probs))
         for name in ("m", "fed", "ended", "look"):
             s[name].zero_()
         if not finished:
@@ -293,7 +302,7 @@ class DeviceLoop:
             rows = [states[i] for i, _ in fresh]
             if any(len(st.pending) != 1 for st in rows):
                 raise RuntimeError("internal: a row goes on with other than its own newest token pending")
-            idx = torch.tensor([i for i, _ in fresh], device=dev)
+            idx = torch.tensor([self.rows[i] for i, _ in fresh], device=dev)
             s["tok"][idx] = torch.tensor([st.ids[-1] for st in rows], device=dev)
             s["pos"][idx] = torch.tensor([cache.lengths[st.slot] for st in rows], device=dev)
             s["budget"][idx] = torch.tensor([n for _, n in fresh], device=dev)

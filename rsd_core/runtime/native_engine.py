@@ -60,6 +60,7 @@ class NativeCachedModel(Ledgers):
         self.states: dict[int, SlotSeq] = {}
         self.forwards = 0  # forward passes so far (all sequences together)
         self.forward_rows = 0  # rows those forwards read, summed (a row is a sequence writing or reading)
+        self.rows_computed = 0  # rows those forwards computed, idle rows of the device loop included
         use = (self.device.type == "cuda" or compiled) if device_loop is None else device_loop
         self.device_loop = DeviceLoop(self, window=window, compiled=compiled) if use else None
 
@@ -110,6 +111,7 @@ class NativeCachedModel(Ledgers):
         logits = self.forward(ids, [s.slot for s in states], starts, self.cache, last=last)
         self.forwards += 1
         self.forward_rows += len(states)
+        self.rows_computed += len(states)
         for s, c in zip(states, chunks):
             self.cache.lengths[s.slot] += len(c)
             s.n_cached = len(s.ids)
@@ -239,6 +241,7 @@ class NativeCachedModel(Ledgers):
                                last=[0] * len(act))
             self.forwards += 1
             self.forward_rows += len(act)
+            self.rows_computed += len(act)
             for i, st in zip(active, act):
                 self.cache.lengths[st.slot] += 1
                 st.n_cached += 1
