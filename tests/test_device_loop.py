@@ -138,7 +138,7 @@ def test_device_loop_reads_only_the_calls_slots(tiny_paths, monkeypatch):
     assert eng.forward_rows <= eng.rows_computed < eng.forwards * eng.cache.slots
 
 
-@pytest.mark.parametrize("options", [{"per_launch": 3}, {"early": 1.0}, {"early": 0.1, "per_launch": 2}])
+@pytest.mark.parametrize("options", [{"per_launch": 3}, {"early": 1.0}, {"early": 0.5, "per_launch": 2}])
 def test_device_loop_launches_several_tokens_and_looks_early(tiny_paths, options):
     """Several tokens per launch (the window rounds up to whole launches), and looks as soon as the
     device flags them: the same tokens, steps and ledgers."""

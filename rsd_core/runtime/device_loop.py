@@ -6,7 +6,7 @@ state (each slot's token, position, step length, budget, whether it is still wri
 tensors, and one token is one body of device work (``_token``: the forward of every slot, sampling, the
 step-end test, the bookkeeping). ``per_launch`` tokens are captured together as one CUDA graph and
 replayed as one launch. After each launch the device copies one flag to pinned host memory (whether the
-rows whose steps ended are reason to look: all of them, or at least ``early`` of the rows writing) and the
+rows whose steps ended are reason to look: by default any one; ``early`` of the rows writing) and the
 host polls that copy without blocking while up to ``ahead`` launches stay queued, so the device never
 waits for the host between launches. The host looks at the tokens (one sync) when the flag is up or after
 ``window`` tokens: it hands the ended steps to the step hook, and restarts or drops those rows. A row whose
@@ -51,15 +51,16 @@ class DeviceLoop:
     """Decode state and captured token bodies for one ``NativeCachedModel``."""
 
     def __init__(self, engine: NativeCachedModel, window: int = 8, graphs: bool | None = None,
-                 compiled: bool = False, per_launch: int = 1, ahead: int = 2, early: float = 0.5):
+                 compiled: bool = False, per_launch: int = 1, ahead: int = 2, early: float = 0.0):
         """``window``: most tokens between two host looks (rounded up to whole launches). ``per_launch``:
         tokens per launch (one captured graph). ``ahead``: launches queued before the host waits for the
         oldest one's flag (CUDA). ``early``: look as soon as this share of the rows writing have ended their
-        step (an idle row costs a decode batch little; a look costs a sync). ``graphs``: capture the
+        step (0: the first. A look costs a sync and the host's work; an ended row waiting for one costs its
+        share of the batch, and the batch's wall time when it is the longest row). ``graphs``: capture the
         launches as CUDA graphs (default: on CUDA). ``compiled``: each token's body through
         ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
-        if per_launch < 1 or ahead < 1 or not 0.0 < early <= 1.0:
-            raise ValueError(f"per_launch and ahead must be >= 1 and early in (0, 1]; got {per_launch}, {ahead}, "
+        if per_launch < 1 or ahead < 1 or not 0.0 <= early <= 1.0:
+            raise ValueError(f"per_launch and ahead must be >= 1 and early in [0, 1]; got {per_launch}, {ahead}, "
                              f"{early}")
         self.eng = engine
         self.per_launch, self.ahead, self.early = per_launch, ahead, early
@@ -123,7 +124,7 @@ class DeviceLoop:
         s["prev"].copy_(torch.where(live, tok, s["prev"]))
         s["tok"].copy_(torch.where(live, tok, s["tok"]))
         s["live"].logical_and_(~done)
-        # Worth a look: no row writes any more, or ``early`` of the rows writing since the last look ended.
+        # Worth a look: a row's step ended (by default), or ``early`` of the rows writing since the last look.
         ended = s["ended"].sum()
         s["look"].copy_(((ended > 0) & (ended >= self.early * (ended + s["live"].sum()))).view(1))
 
