@@ -118,6 +118,16 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
 
 
+def test_device_loop_with_grouped_attention(tiny_paths):
+    """The attention CUDA takes for masked grouped-query heads, in the device loop: the same tokens."""
+    host, device = pair(tiny_paths, staggered)
+    for g in (device.draft, device.target):
+        fwd = g.cached.forward
+        fwd.grouped = fwd.heads != fwd.kv_heads
+        assert fwd.grouped
+    same(device.generate(MORE), host.generate(MORE))
+
+
 def test_device_loop_reads_only_the_calls_slots(tiny_paths, monkeypatch):
     """A decode's rows are its own sequences (padded to a power of two), each reading its slot by index:
     the target rewriting a few rejected steps reads those slots, not every slot in flight."""

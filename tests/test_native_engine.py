@@ -51,13 +51,16 @@ def tiny(family: str, seed: int = 0):
     return model
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["sdpa", "grouped"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_native_logits_match_transformers(family):
+def test_native_logits_match_transformers(family, grouped):
+    """Both attentions (SDPA, and the grouped one CUDA takes for masked grouped-query heads)."""
     model = tiny(family)
     ids = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(ids).logits  # [3, 24, V], each row its own sequence
-    fwd = NativeForward(model, max_len=64)
+    fwd = NativeForward(model, max_len=64, grouped=grouped)
+    assert fwd.grouped == grouped
     cache = fwd.new_cache(4)
     # Row 0 in slot 3, row 1 in slot 0, row 2 in slot 1: non-consecutive slots, uneven prefixes, then a
     # right-padded batched chunk, then one decode token each.
@@ -75,6 +78,19 @@ def test_native_logits_match_transformers(family):
     # transformers' own modules still give the same logits: they read views of the fused weights
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, ref, atol=1e-5)
+
+
+def test_grouped_attention_in_bf16_matches_sdpa():
+    """In bf16, as on a GPU: the grouped attention's logits are SDPA's within bf16 rounding."""
+    model = tiny("qwen2").to(torch.bfloat16)
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(2))
+    outs = []
+    for grouped in (False, True):
+        fwd = NativeForward(model, max_len=64, grouped=grouped)
+        cache = fwd.new_cache(2)
+        outs.append(fwd(ids, [0, 1], [0, 0], cache).float())
+    assert (outs[0] - outs[1]).abs().max() < 0.05 * outs[0].abs().max()
+    assert (outs[0].argmax(-1) == outs[1].argmax(-1)).float().mean() > 0.9
 
 
 def test_weights_are_held_once():

@@ -4,8 +4,9 @@ Built from the checkpoint's own weights as transformers loaded them, with the wo
 what the math needs: one fused QKV projection, one fused gate/up projection, RoPE from a table
 computed once by the model's own rotary embedding (so every RoPE scaling type transformers knows
 gives the same angles), K/V written straight into each sequence's slot at that slot's length, and
-attention (SDPA with grouped-query heads: no ``repeat_kv``) that reads each slot up to its own
-length. Every other architecture keeps the transformers path (``runtime/cached_model.py``).
+attention that reads each slot up to its own length without copying K/V per head (SDPA with grouped-query
+heads; where a mask would send SDPA to its math kernel, on CUDA, ``grouped_attention``). Every other
+architecture keeps the transformers path (``runtime/cached_model.py``).
 
 On CPU the fused weights are kept transposed (``[in, out]``), the layout whose one-row product runs
 nearest the memory bandwidth there; the transformers modules are re-pointed at views of the fused
@@ -93,6 +94,21 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * h.to(x.dtype)
 
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of ``q`` [B, H, N, D] over ``k``/``v`` [B, K, L, D] (grouped-query heads: query head h reads
+    K/V head h // (H / K)) where ``mask`` [B, 1, N, L] is True, without repeating K/V per head: the query
+    heads of one group are one matrix against their K/V head. On CUDA, SDPA with a mask and grouped heads
+    falls back to its math kernel, which copies K and V out to every head (its flash kernel takes no mask,
+    its memory-efficient one no grouped heads)."""
+    B, H, N, D = q.shape
+    K, L = k.shape[1], k.shape[2]
+    qg = q.reshape(B, K, (H // K) * N, D) * D ** -0.5
+    scores = (qg @ k.transpose(-1, -2)).view(B, K, H // K, N, L)  # [B, K, G, N, L]
+    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype).view(B, K, (H // K) * N, L)
+    return (probs @ v).view(B, H, N, D)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -127,7 +143,9 @@ class _Layer:
 class NativeForward:
     """The model's forward over a ``SlotCache``: logits for new tokens written at each slot's length."""
 
-    def __init__(self, model: Any, max_len: int):
+    def __init__(self, model: Any, max_len: int, grouped: bool | None = None):
+        """``grouped``: masked attention of grouped-query heads by ``grouped_attention`` rather than SDPA
+        (default: on CUDA, where SDPA would fall back to its math kernel; on CPU SDPA is faster)."""
         why = native_unsupported(model, max_len)
         if why is not None:
             raise ValueError(f"the native forward cannot run this model: {why}")
@@ -148,6 +166,7 @@ class NativeForward:
         self.kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.vocab = int(head.out_features)
+        self.grouped = (self.device.type == "cuda" if grouped is None else grouped) and self.heads != self.kv_heads
         self.max_len = max_len  # the RoPE table's positions (and so the longest sequence)
         self._rotary = inner.rotary_emb
         self.cos = self.sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
@@ -255,8 +274,11 @@ class NativeForward:
                 keys, values = kc[first:first + B, :, :L], vc[first:first + B, :, :L]
             else:
                 keys, values = kc[slot_t, :, :L], vc[slot_t, :, :L]
-            attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask, is_causal=causal,
-                                                  enable_gqa=H != K)
+            if mask is not None and self.grouped:
+                attn = grouped_attention(q.transpose(1, 2), keys, values, mask)
+            else:
+                attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
+                                                      is_causal=causal, enable_gqa=H != K)
             x = x + layer.o(attn.transpose(1, 2).reshape(B, N, H * D))
             gate_up = layer.gate_up(_rms_norm(x, layer.post_norm, layer.eps))
             x = x + layer.down(F.silu(gate_up[..., :layer.inter]) * gate_up[..., layer.inter:])
