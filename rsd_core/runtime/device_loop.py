@@ -262,8 +262,11 @@ class DeviceLoop:
         whose step ended go to the hook, which says who writes on. True: every row stops where it is."""
         s, cache, dev = self.v, self.eng.cache, self.eng.device
         self.looks += 1
-        m, fed, ended, at_eos = (x.tolist() for x in (s["m"], s["fed"], s["ended"], s["eos"]))
-        out = s["out"].tolist()
+        # One copy to the host (one sync): each row's count, fed tokens, ended and EOS flags, then its tokens.
+        seen = torch.cat([torch.stack([s["m"], s["fed"], s["ended"].long(), s["eos"].long()], 1), s["out"]], 1)
+        rows_seen = seen.tolist()
+        m, fed, ended, at_eos = (list(col) for col in zip(*(row[:4] for row in rows_seen)))
+        out = [row[4:] for row in rows_seen]
         finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
         for i in sorted(writing):
             st, r = states[i], self.rows[i]
@@ -303,10 +306,11 @@ class DeviceLoop:
             rows = [states[i] for i, _ in fresh]
             if any(len(st.pending) != 1 for st in rows):
                 raise RuntimeError("internal: a row goes on with other than its own newest token pending")
-            idx = torch.tensor([self.rows[i] for i, _ in fresh], device=dev)
-            s["tok"][idx] = torch.tensor([st.ids[-1] for st in rows], device=dev)
-            s["pos"][idx] = torch.tensor([cache.lengths[st.slot] for st in rows], device=dev)
-            s["budget"][idx] = torch.tensor([n for _, n in fresh], device=dev)
+            # One copy to the device: each row's index, newest token, position and budget.
+            start = torch.tensor([[self.rows[i], st.ids[-1], cache.lengths[st.slot], n]
+                                  for (i, n), st in zip(fresh, rows)], device=dev)
+            idx = start[:, 0]
+            s["tok"][idx], s["pos"][idx], s["budget"][idx] = start[:, 1], start[:, 2], start[:, 3]
             s["prev"][idx] = boundary.none  # a new step starts: no delimiter straddles into it
             s["n_gen"][idx] = 0
             s["eos"][idx] = False
