@@ -56,6 +56,7 @@ NATIVE_VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [  # (result
     ("native_ms", dict(device_loop=False), {}),                           #  DeviceLoop options)
     ("native_graph_ms", dict(device_loop=True), {}),
     ("native_graph_k4_ms", dict(device_loop=True), dict(per_launch=4)),  # 4 tokens per graph replay
+    ("native_graph_flex_ms", dict(device_loop=True), dict(attention="flex")),  # FlexAttention, own lengths
     ("native_graph_t07_ms", dict(device_loop=True, sampling=SamplingConfig(temperature=0.7)), {}),
     ("native_compiled_ms", dict(device_loop=True, compiled=True), {}),
 ]
@@ -275,6 +276,8 @@ def main() -> int:
     ap.add_argument("--skip-hf-static", action="store_true")
     ap.add_argument("--scheduling-batches", default="16",
                     help="batch sizes of the lockstep / no-lockstep comparison (native engine); '' skips it")
+    ap.add_argument("--attention", choices=["sdpa", "grouped", "flex"], default=None,
+                    help="the native engine's attention in the scheduling table (default: grouped on CUDA)")
     ap.add_argument("--budget-s", type=float, default=420, help="skip optional parts past this many seconds")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="skip the native engine's compiled forward (torch.compile takes a minute or two per model)")
@@ -335,10 +338,18 @@ def main() -> int:
                 continue
             try:
                 native = HFGenerator(m, tok, step_delimiters=["\x00\x01\x02"], engine="native", max_len=2048, **kw)
+                loop_kw = dict(loop_kw)
+                attention = loop_kw.pop("attention", None)
+                default_attention = native.cached.forward.attention  # the forward is shared by the model's users
+                if attention:
+                    native.cached.forward.attention = attention
                 if loop_kw:
                     native.cached.device_loop = DeviceLoop(native.cached, **loop_kw)
-                row[key], row[key.replace("_ms", "_chunk64_ms")] = ours_ms_per_token(
-                    native, 1000 * (1 + len(per_token)) + 500)
+                try:
+                    row[key], row[key.replace("_ms", "_chunk64_ms")] = ours_ms_per_token(
+                        native, 1000 * (1 + len(per_token)) + 500)
+                finally:
+                    native.cached.forward.attention = default_attention
                 row[key.replace("_ms", "_fraction_of_limit")] = row["limit_ms"] / row[key]
                 del native
             except Exception as e:
@@ -419,6 +430,10 @@ def main() -> int:
                 HFGenerator(models["draft"], stub, engine="native", max_len=PROMPT_LEN + 4 * STEPS * SCHED_STEP),
                 HFGenerator(models["target"], stub, engine="native", max_len=PROMPT_LEN + 4 * STEPS * SCHED_STEP),
                 AlphaReward(prm_cache, 0.8), RSDConfig())
+            if a.attention:
+                for g in (native.draft, native.target):
+                    g.cached.forward.attention = a.attention
+            R["scheduling_attention"] = native.target.cached.forward.attention
             for b in sched_batches:
                 prompts = [f"problem {i}" for i in range(b)]
                 run_scheduled(native, prm_cache, prompts, 0.8)  # warm-up: slots grow to this batch
@@ -454,18 +469,20 @@ def print_table(R: dict[str, Any]) -> None:
     print(f"\n{R['device']}, torch {R['torch']}, transformers {R['transformers']}, "
           f"copy bandwidth {R['copy_bandwidth_GBps']:.0f} GB/s, {R['total_s']:.0f} s")
     print("ms per token at batch 1 (bandwidth limit: weight bytes / copy bandwidth); native: the engine's host "
-          "loop, its device loop (CUDA graphs, one token per replay, and four), the same at T = 0.7, and with its "
-          "forward compiled")
+          "loop, its device loop (CUDA graphs, one token per replay, and four; FlexAttention), the same at T = 0.7, "
+          "and with its forward compiled")
     print("| model | HF eager | HF static | fast (graphs over HF modules) | native host loop | native graphs "
-          "| native graphs, 4 tokens/replay | native graphs T=0.7 | native compiled | limit | best / limit "
-          "| fast==plain | graphs==plain | graphs==host loop |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| native graphs, 4 tokens/replay | native graphs, flex | native graphs T=0.7 | native compiled | limit "
+          "| best / limit | fast==plain | graphs==plain | graphs==host loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, row in R["per_token"].items():
         chk = R["check"].get(name, {})
-        ours = [row[k] for k in ("ours_ms", "native_graph_ms", "native_graph_k4_ms", "native_compiled_ms") if k in row]
+        ours = [row[k] for k in ("ours_ms", "native_graph_ms", "native_graph_k4_ms", "native_graph_flex_ms",
+                                 "native_compiled_ms") if k in row]
         best = row["limit_ms"] / min(ours) if ours and "limit_ms" in row else None
         print(f"| {name} | {f(row.get('hf_eager_ms'))} | {f(row.get('hf_static_ms'))} | {f(row.get('ours_ms'))} | "
               f"{f(row.get('native_ms'))} | {f(row.get('native_graph_ms'))} | {f(row.get('native_graph_k4_ms'))} | "
+              f"{f(row.get('native_graph_flex_ms'))} | "
               f"{f(row.get('native_graph_t07_ms'))} | "
               f"{f(row.get('native_compiled_ms'))} | {f(row.get('limit_ms'))} | {f(best)} | "
               f"{chk.get('identical_prefix', '-')}/{chk.get('tokens', '-')} | "
@@ -480,7 +497,8 @@ def print_table(R: dict[str, Any]) -> None:
               f"{f(r.get('ideal_speedup'))} | {f(r.get('fraction_of_ideal'))} |")
     if R.get("scheduling"):
         print("\nScheduling (native engine, sampled steps of varied length, mean "
-              f"{SCHED_STEP} tokens; speedup vs target-only on the same engine)")
+              f"{SCHED_STEP} tokens; speedup vs target-only on the same engine; attention: "
+              f"{R.get('scheduling_attention')})")
         print("(rows / forward: rows writing or reading, and rows computed, idle rows of the device loop included)")
         print("| batch | α | scheduler | wall s | problems/s | speedup | draft rows / forward | "
               "target forwards | target rows / forward |")

@@ -10,6 +10,7 @@ import torch
 
 from rsd_core import RewardGuidedDecoder, RSDConfig, SamplingConfig
 from rsd_core.backends.hf import HFGenerator
+from rsd_core.runtime import native_forward
 from rsd_core.runtime.device_loop import DeviceLoop
 from rsd_core.runtime.graphs import Graphs
 
@@ -87,11 +88,14 @@ def test_device_loop_samples_the_same_seeded_text(tiny_paths, rewrite):
 
 
 @pytest.mark.slow
-def test_compiled_device_loop_writes_what_the_host_loop_writes(tiny_paths):
-    """The forward through torch.compile (inductor; on CPU its C++ backend): the same tokens."""
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_compiled_device_loop_writes_what_the_host_loop_writes(tiny_paths, attention):
+    """The forward through torch.compile (inductor; on CPU its C++ backend): the same tokens. (FlexAttention
+    is compiled into the body on CUDA only: on CPU the body keeps the dense mask.)"""
     host, device = pair(tiny_paths, staggered, window=4)
     for g in (device.draft, device.target):
         g.cached.device_loop = DeviceLoop(g.cached, window=4, compiled=True)
+        g.cached.forward.attention = attention
     same(device.generate(MORE), host.generate(MORE))
 
 
@@ -118,14 +122,21 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
 
 
-def test_device_loop_with_grouped_attention(tiny_paths):
-    """The attention CUDA takes for masked grouped-query heads, in the device loop: the same tokens."""
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("attention", ["grouped", "flex"])
+def test_device_loop_with_other_attentions(tiny_paths, attention, monkeypatch):
+    """The attention CUDA takes for masked grouped-query heads, and FlexAttention reading each row's slot
+    up to its own length (on CPU its reference version), in the device loop: the same tokens."""
     host, device = pair(tiny_paths, staggered)
     for g in (device.draft, device.target):
         fwd = g.cached.forward
-        fwd.grouped = fwd.heads != fwd.kv_heads
-        assert fwd.grouped
+        assert fwd.heads != fwd.kv_heads
+        fwd.attention = attention
+    masks = []
+    real = native_forward.length_block_mask
+    monkeypatch.setattr(native_forward, "length_block_mask", lambda pos, L: masks.append(L) or real(pos, L))
     same(device.generate(MORE), host.generate(MORE))
+    assert bool(masks) == (attention == "flex")
 
 
 def test_device_loop_reads_only_the_calls_slots(tiny_paths, monkeypatch):

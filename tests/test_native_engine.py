@@ -59,8 +59,8 @@ def test_native_logits_match_transformers(family, grouped):
     ids = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(ids).logits  # [3, 24, V], each row its own sequence
-    fwd = NativeForward(model, max_len=64, grouped=grouped)
-    assert fwd.grouped == grouped
+    fwd = NativeForward(model, max_len=64, attention="grouped" if grouped else None)
+    assert fwd.attention == ("grouped" if grouped else "sdpa")
     cache = fwd.new_cache(4)
     # Row 0 in slot 3, row 1 in slot 0, row 2 in slot 1: non-consecutive slots, uneven prefixes, then a
     # right-padded batched chunk, then one decode token each.
@@ -86,7 +86,7 @@ def test_grouped_attention_in_bf16_matches_sdpa():
     ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(2))
     outs = []
     for grouped in (False, True):
-        fwd = NativeForward(model, max_len=64, grouped=grouped)
+        fwd = NativeForward(model, max_len=64, attention="grouped" if grouped else "sdpa")
         cache = fwd.new_cache(2)
         outs.append(fwd(ids, [0, 1], [0, 0], cache).float())
     assert (outs[0] - outs[1]).abs().max() < 0.05 * outs[0].abs().max()

@@ -94,6 +94,40 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * h.to(x.dtype)
 
 
+FLEX_BLOCK = 128  # the K/V block FlexAttention skips or reads whole
+_compiled_flex: Any = None
+
+
+def flex_attention_fn(device: torch.device) -> Any:
+    """FlexAttention as it should be called here: compiled once on CUDA (a fused kernel, which a CUDA graph
+    can capture); inside a compiled region, or off CUDA, the plain function (on CPU its reference version,
+    for tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _compiled_flex
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def length_block_mask(pos: torch.Tensor, L: int) -> Any:
+    """A FlexAttention block mask for one query per row: row r reads columns ``0..pos[r]`` of ``L`` (a multiple
+    of ``FLEX_BLOCK``); whole blocks past its length are not read at all. Built on the device from ``pos``
+    (no host work: a CUDA graph can capture it)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    R, n = pos.shape[0], L // FLEX_BLOCK
+    blocks = (pos // FLEX_BLOCK + 1).to(torch.int32).view(R, 1, 1)
+    order = torch.arange(n, dtype=torch.int32, device=pos.device).view(1, 1, 1, n).expand(R, 1, 1, n).contiguous()
+
+    def upto_length(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        return kv <= pos[b]
+
+    return BlockMask.from_kv_blocks(blocks, order, BLOCK_SIZE=FLEX_BLOCK, mask_mod=upto_length, seq_lengths=(1, L))
+
+
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Attention of ``q`` [B, H, N, D] over ``k``/``v`` [B, K, L, D] (grouped-query heads: query head h reads
     K/V head h // (H / K)) where ``mask`` [B, 1, N, L] is True, without repeating K/V per head: the query
@@ -143,9 +177,13 @@ class _Layer:
 class NativeForward:
     """The model's forward over a ``SlotCache``: logits for new tokens written at each slot's length."""
 
-    def __init__(self, model: Any, max_len: int, grouped: bool | None = None):
-        """``grouped``: masked attention of grouped-query heads by ``grouped_attention`` rather than SDPA
-        (default: on CUDA, where SDPA would fall back to its math kernel; on CPU SDPA is faster)."""
+    def __init__(self, model: Any, max_len: int, attention: str | None = None):
+        """``attention``: how masked attention runs. ``"sdpa"``; ``"grouped"`` (``grouped_attention``, for
+        grouped-query heads: the default on CUDA, where SDPA would fall back to its math kernel; on CPU SDPA
+        is faster); ``"flex"``: the device loop's one-token decode through FlexAttention, each row reading
+        its slot only up to its own length (other forwards as ``"grouped"``)."""
+        if attention not in (None, "sdpa", "grouped", "flex"):
+            raise ValueError(f"attention must be 'sdpa', 'grouped' or 'flex', not {attention!r}")
         why = native_unsupported(model, max_len)
         if why is not None:
             raise ValueError(f"the native forward cannot run this model: {why}")
@@ -166,7 +204,7 @@ class NativeForward:
         self.kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.vocab = int(head.out_features)
-        self.grouped = (self.device.type == "cuda" if grouped is None else grouped) and self.heads != self.kv_heads
+        self.attention = attention or ("grouped" if self.device.type == "cuda" else "sdpa")
         self.max_len = max_len  # the RoPE table's positions (and so the longest sequence)
         self._rotary = inner.rotary_emb
         self.cos = self.sin = torch.empty(0, self.head_dim, dtype=self.dtype, device=self.device)
@@ -235,14 +273,21 @@ class NativeForward:
         (``runtime/device_loop.py``)."""
         R = tok.shape[0]
         p = pos[:, None]
-        mask = (torch.arange(L, device=self.device)[None, None, :] <= p[:, :, None])[:, None]  # [R, 1, 1, L]
         rows = (torch.arange(R, device=self.device) if slots is None else slots)[:, None]
+        mask: Any
+        # FlexAttention on CUDA, or eagerly (its reference version: tests); inductor's CPU lowering of it
+        # fails inside the compiled token body, which then keeps the dense mask.
+        flex_here = self.device.type == "cuda" or not torch.compiler.is_compiling()
+        if self.attention == "flex" and L % FLEX_BLOCK == 0 and flex_here:
+            mask = length_block_mask(pos, L)
+        else:
+            mask = (torch.arange(L, device=self.device)[None, None, :] <= p[:, :, None])[:, None]  # [R, 1, 1, L]
         x = self._layers(self.embed[tok[:, None]], p, rows, slots, 0, L, mask, False, cache.keys, cache.values,
                          cols=cols[:, None])
         return self.lm_head(_rms_norm(x[:, 0], self.norm, self.norm_eps))
 
     def _layers(self, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor, slot_t: torch.Tensor | None, first: int,
-                L: int, mask: torch.Tensor | None, causal: bool, kcs: list[torch.Tensor],
+                L: int, mask: Any, causal: bool, kcs: list[torch.Tensor],
                 vcs: list[torch.Tensor], cols: torch.Tensor | None = None,
                 write_at: tuple[int, int] | None = None) -> torch.Tensor:
         """``cols``: where each new token's K/V go (default: at its position). ``write_at``: (slot, start)
@@ -274,7 +319,10 @@ class NativeForward:
                 keys, values = kc[first:first + B, :, :L], vc[first:first + B, :, :L]
             else:
                 keys, values = kc[slot_t, :, :L], vc[slot_t, :, :L]
-            if mask is not None and self.grouped:
+            if mask is not None and not isinstance(mask, torch.Tensor):  # a FlexAttention block mask
+                attn = flex_attention_fn(self.device)(q.transpose(1, 2), keys, values, block_mask=mask,
+                                                      enable_gqa=H != K)
+            elif mask is not None and H != K and self.attention != "sdpa":
                 attn = grouped_attention(q.transpose(1, 2), keys, values, mask)
             else:
                 attn = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
