@@ -82,7 +82,7 @@ class HFGenerator(ChatPrompts):
         ``transformers`` (its forward and cache) or ``auto`` (see ``pick_engine``). ``max_len``: the most
         tokens a sequence's cache holds: for ``native``, the model's context by default (columns are
         allocated as sequences grow); for ``fast``, 4096 (allocated at once). ``device_loop``: the native
-        engine decodes with its loop on the device, a few tokens per host check, each token a CUDA graph
+        engine decodes with its loop on the device, the host looking when a step ends, each token a CUDA graph
         (default: on CUDA); ``compiled``: that loop's forward goes through ``torch.compile`` (fused kernels)."""
         self.model = model
         self.tokenizer = tokenizer

@@ -48,8 +48,9 @@ class NativeCachedModel(Ledgers):
 
     def __init__(self, model: Any, pad_id: int, max_len: int = 4096, device_loop: bool | None = None,
                  window: int = 8, compiled: bool = False):
-        """``device_loop``: decode with the loop's state on the device, ``window`` tokens per host check,
-        each token a replayed CUDA graph (``runtime/device_loop.py``); default: on CUDA, or when ``compiled``.
+        """``device_loop``: decode with the loop's state on the device, each token a replayed CUDA graph, the
+        host looking when a step ends or every ``window`` tokens (``runtime/device_loop.py``); default: on
+        CUDA, or when ``compiled``.
         ``compiled``: that loop's forward through ``torch.compile`` (on CPU too: a minute to compile, then
         faster per token)."""
         self.model, self.pad_id = model, pad_id
