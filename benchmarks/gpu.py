@@ -278,6 +278,8 @@ def main() -> int:
                     help="batch sizes of the lockstep / no-lockstep comparison (native engine); '' skips it")
     ap.add_argument("--attention", choices=["sdpa", "grouped", "flex"], default=None,
                     help="the native engine's attention in the scheduling table (default: grouped on CUDA)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="in the scheduling table, looks do not launch once more before the host's work")
     ap.add_argument("--budget-s", type=float, default=420, help="skip optional parts past this many seconds")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
                     help="skip the native engine's compiled forward (torch.compile takes a minute or two per model)")
@@ -436,6 +438,11 @@ def main() -> int:
             if a.attention:
                 for g in (native.draft, native.target):
                     g.cached.forward.attention = a.attention
+            if a.no_overlap:
+                for g in (native.draft, native.target):
+                    if g.cached.device_loop is not None:
+                        g.cached.device_loop.overlap = False
+            R["scheduling_overlap"] = not a.no_overlap
             R["scheduling_attention"] = native.target.cached.forward.attention
             for b in sched_batches:
                 prompts = [f"problem {i}" for i in range(b)]
@@ -501,7 +508,7 @@ def print_table(R: dict[str, Any]) -> None:
     if R.get("scheduling"):
         print("\nScheduling (native engine, sampled steps of varied length, mean "
               f"{SCHED_STEP} tokens; speedup vs target-only on the same engine; attention: "
-              f"{R.get('scheduling_attention')})")
+              f"{R.get('scheduling_attention')}; looks overlapped: {R.get('scheduling_overlap')})")
         print("(rows / forward: rows writing or reading, and rows computed, idle rows of the device loop included)")
         print("| batch | α | scheduler | wall s | problems/s | speedup | draft rows / forward | "
               "target forwards | target rows / forward |")

@@ -49,19 +49,23 @@ def same(a, b):
             assert u.flops == pytest.approx(v.flops) and u.paper_flops == v.paper_flops
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("window", [1, 3, 8])
-def test_device_loop_writes_what_the_host_loop_writes(tiny_paths, window):
-    host, device = pair(tiny_paths, staggered, window=window)
+def test_device_loop_writes_what_the_host_loop_writes(tiny_paths, window, overlap):
+    """With ``overlap``, each look with rows still writing launches once more before the host's work on
+    it (the CUDA default; a look that stops every row, as RSD's flush to the target does, undoes it)."""
+    host, device = pair(tiny_paths, staggered, window=window, loop_options={"overlap": overlap})
     assert device.draft.cached.device_loop is not None and host.draft.cached.device_loop is None
     same(device.generate(MORE), host.generate(MORE))
     for dec in (host, device):  # every sequence released, every slot free again
         assert dec.draft.cached.states == {} and len(dec.draft.cached.cache._free) == dec.draft.cached.cache.slots
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_device_loop_single_model_runs(tiny_paths, threshold):
+def test_device_loop_single_model_runs(tiny_paths, threshold, overlap):
     """Draft only and target only: a row writes its steps back to back inside one decode."""
-    host, device = pair(tiny_paths, None, threshold=threshold, max_new_tokens=48)
+    host, device = pair(tiny_paths, None, threshold=threshold, max_new_tokens=48, loop_options={"overlap": overlap})
     same(device.generate(MORE), host.generate(MORE))
     one_host, one_device = host.generate(MORE[:1]), device.generate(MORE[:1])
     same(one_device, one_host)
@@ -73,14 +77,15 @@ def test_device_loop_in_lockstep_rounds_and_with_grouped_scores(tiny_paths):
         same(device.generate(MORE), host.generate(MORE))
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("rewrite", [False, True])
-def test_device_loop_samples_the_same_seeded_text(tiny_paths, rewrite):
+def test_device_loop_samples_the_same_seeded_text(tiny_paths, rewrite, overlap):
     """Sampling stays inside the body: each row's own random stream, so the seeded text is the host
     loop's, alone or in a batch. (A sampled draft whose rejected steps the target verifies keeps its
     distributions: that draft takes the host loop.)"""
     sampled = SamplingConfig(temperature=0.8, top_p=0.9, top_k=20)
     host, device = pair(tiny_paths, staggered, draft_sampling=sampled, target_sampling=sampled, seed=5,
-                        speculative_rewrite=rewrite)
+                        speculative_rewrite=rewrite, loop_options={"overlap": overlap})
     a, b = device.generate(MORE), host.generate(MORE)
     same(a, b)
     assert [r.text for r in device.generate(MORE[2:3])] == [a[2].text]
@@ -99,20 +104,24 @@ def test_compiled_device_loop_writes_what_the_host_loop_writes(tiny_paths, atten
     same(device.generate(MORE), host.generate(MORE))
 
 
-def test_device_loop_crosses_cache_growth_and_budgets(tiny_paths):
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
+def test_device_loop_crosses_cache_growth_and_budgets(tiny_paths, overlap):
     """A prompt past the first 256 cache columns (the slots grow mid-run), tight budgets, max_new_tokens
     hit inside a window."""
     long_prompt = "Ann has 12 apples. " * 40
-    host, device = pair(tiny_paths, staggered, window=5, max_new_tokens=23, max_step_tokens=4)
+    host, device = pair(tiny_paths, staggered, window=5, max_new_tokens=23, max_step_tokens=4,
+                        loop_options={"overlap": overlap})
     same(device.generate([long_prompt, *MORE]), host.generate([long_prompt, *MORE]))
     assert device.draft.cached.cache.generation > 1
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["", "overlap"])
 @pytest.mark.parametrize("threshold", [0.7, 1.0])
-def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
+def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold, overlap):
     """Prompts that arrive mid-run stop every row where it is (partial steps come back and are written
     on after the newcomers join): the texts are those of the host loop, and each as alone."""
-    host, device = pair(tiny_paths, staggered, window=4, max_new_tokens=30, threshold=threshold)
+    host, device = pair(tiny_paths, staggered, window=4, max_new_tokens=30, threshold=threshold,
+                        loop_options={"overlap": overlap})
     outs = []
     for dec in (host, device):
         arrivals = _After(MORE[3:], k=3)
@@ -120,6 +129,39 @@ def test_device_loop_takes_in_prompts_that_arrive(tiny_paths, threshold):
         assert arrivals.joined_at is not None
     same(outs[1], outs[0])
     assert [r.text for r in outs[1]] == [device.generate(p)[0].text for p in MORE]
+
+
+def same_writing(a, b):
+    """The same steps, texts and rewards, and as many tokens decoded (how steps that end together are
+    grouped into the step hook's calls, and so the count of calls, may differ)."""
+    for x, y in zip(a, b):
+        assert trace(x) == trace(y) and x.text == y.text and x.finish_reason == y.finish_reason
+        assert [s.reward for s in x.steps] == [s.reward for s in y.steps]
+        assert (x.stats.draft.decode_tokens, x.stats.target.decode_tokens) == (
+            y.stats.draft.decode_tokens, y.stats.target.decode_tokens)
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "seeded"])
+def test_overlapped_looks_with_steps_of_uneven_length(tiny_paths, sampled, monkeypatch):
+    """Steps end at a delimiter, each row at its own time, so looks find other rows still writing and
+    launch once more before the host's work; RSD's flushes to the target then stop every row with that
+    launch's tokens unread, which are undone (with the draws they used: the seeded text is the same)."""
+    cfg = {"step_delimiters": ["s"], "max_step_tokens": 12}
+    if sampled:
+        sampling = SamplingConfig(temperature=0.8, top_p=0.9, top_k=20)
+        cfg.update(draft_sampling=sampling, target_sampling=sampling, seed=5, speculative_rewrite=False)
+    host, device = pair(tiny_paths, staggered, loop_options={"overlap": True}, **cfg)
+    undone = []
+    real = DeviceLoop._check
+
+    def check(self, *args, **kw):
+        stop = real(self, *args, **kw)
+        undone.append(stop and self._extra)
+        return stop
+
+    monkeypatch.setattr(DeviceLoop, "_check", check)
+    same_writing(device.generate(MORE), host.generate(MORE))
+    assert sum(undone) >= 3
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

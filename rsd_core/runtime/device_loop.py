@@ -12,6 +12,9 @@ waits for the host between launches. The host looks at the tokens (one sync) whe
 ``window`` tokens: it hands the ended steps to the step hook, and restarts or drops those rows. A row whose
 step ended idles (writing to the cache's scratch column) until that look: at batch 1 that is at most
 ``per_launch * ahead - 1`` tokens (on CPU, where each launch is done when it returns, ``per_launch - 1``).
+On CUDA a look that finds rows still writing first launches once more (``overlap``), so the device writes
+on while the host updates the ledgers and the hook scores, queues and restarts; when the hook stops every
+row (new prompts, a flush to the target), that launch's tokens are undone: they lie past the ledgers.
 
 The rows are the call's sequences, padded with idle rows to a power of two (so few shapes are captured),
 each reading its own slot's K/V: as a view when they are slots 0.. in order, by index when they are a
@@ -51,12 +54,16 @@ class DeviceLoop:
     """Decode state and captured token bodies for one ``NativeCachedModel``."""
 
     def __init__(self, engine: NativeCachedModel, window: int = 8, graphs: bool | None = None,
-                 compiled: bool = False, per_launch: int = 1, ahead: int = 2, early: float = 0.0):
+                 compiled: bool = False, per_launch: int = 1, ahead: int = 2, early: float = 0.0,
+                 overlap: bool | None = None):
         """``window``: most tokens between two host looks (rounded up to whole launches). ``per_launch``:
         tokens per launch (one captured graph). ``ahead``: launches queued before the host waits for the
         oldest one's flag (CUDA). ``early``: look as soon as this share of the rows writing have ended their
         step (0: the first. A look costs a sync and the host's work; an ended row waiting for one costs its
-        share of the batch, and the batch's wall time when it is the longest row). ``graphs``: capture the
+        share of the batch, and the batch's wall time when it is the longest row). ``overlap``: at a look
+        with rows still writing, launch once more before the host's work on it (the ledgers, the step
+        hook), so the device writes on meanwhile (default: on CUDA; a look that stops every row discards
+        that launch's tokens). ``graphs``: capture the
         launches as CUDA graphs (default: on CUDA). ``compiled``: each token's body through
         ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
         if per_launch < 1 or ahead < 1 or not 0.0 <= early <= 1.0:
@@ -64,7 +71,10 @@ class DeviceLoop:
                              f"{early}")
         self.eng = engine
         self.per_launch, self.ahead, self.early = per_launch, ahead, early
+        self.overlap = engine.device.type == "cuda" if overlap is None else overlap
+        self._extra = False  # the last look launched once more (its tokens come at the next look)
         self.window = -(-max(1, window) // per_launch) * per_launch
+        self._room = self.window + per_launch + 2  # tokens a row can write between looks, and slack
         self.looks = 0  # host looks at the device so far (each one sync)
         cuda = engine.device.type == "cuda"
         launches = self.window // per_launch + 1  # a window's, and the flag as a decode starts
@@ -94,7 +104,7 @@ class DeviceLoop:
                       for name in ("tok", "prev", "pos", "n_gen", "budget", "m", "fed", "slot")}
             self.s.update({name: torch.zeros(S, dtype=torch.bool, device=dev) for name in ("live", "ended", "eos")})
             self.s["look"] = torch.zeros(1, dtype=torch.bool, device=dev)  # the host should look now
-            self.s["out"] = torch.zeros(S, self.window + 2, dtype=long, device=dev)  # the window's tokens
+            self.s["out"] = torch.zeros(S, self._room, dtype=long, device=dev)  # tokens since the last look
             self.draws = Draws(torch.zeros(S, dtype=long, device=dev), torch.zeros(S, dtype=long, device=dev))
             self._slots = S
             self.graphs.forget(lambda key: False)
@@ -111,7 +121,7 @@ class DeviceLoop:
         drawn: list[torch.Tensor] = []
         tok = pick(logits, drawn)
         step_end, is_eos = boundary.ends(s["prev"], tok)
-        at = s["m"].clamp(max=self.window + 1)  # idle rows write past their count
+        at = s["m"].clamp(max=self._room - 1)  # idle rows write past their count
         s["out"].scatter_(1, at[:, None], tok[:, None])
         if drawn and self.probs is not None:
             V = drawn[0].shape[-1]
@@ -184,7 +194,7 @@ class DeviceLoop:
 
         keep = probs_out is not None and not sampling.greedy
         if keep and (self.probs is None or self.probs.shape[0] != S or self.probs.shape[2] < limit):
-            self.probs = torch.zeros(S, self.window + 2, limit, device=dev)
+            self.probs = torch.zeros(S, self._room, limit, device=dev)
             self.graphs.forget(lambda key: False)
         row_probs: list[list[torch.Tensor]] = [[] for _ in states]
 
@@ -201,11 +211,15 @@ class DeviceLoop:
         writing = set(range(len(states)))
         # The boundary itself, not its id: the key keeps alive the tables a captured graph reads.
         mode = (limit, boundary, sampling.temperature, sampling.top_p, sampling.top_k, by_row is not None, keep)
-        first = True
+        # Overlapping a look with one more launch needs the window's kept distributions copied first: not
+        # worth it for the sampled steps whose distributions are kept.
+        overlap = self.overlap and not keep
+        first, self._extra = True, False
         while writing:
-            # Room for one more window in every writing slot (budgets keep rows inside max_len), then
-            # launches until the device flags a look or the window is full; then the look.
-            top = max(cache.lengths[states[i].slot] for i in writing) + self.window + 1
+            # Room for one more window in every writing slot (budgets keep rows inside max_len), and for the
+            # launches around it that overlap the looks, then launches until the device flags a look or the
+            # window is full; then the look.
+            top = max(cache.lengths[states[i].slot] for i in writing) + self.window + 2 * self.per_launch + 1
             cache.reserve(min(top, cache.max_len))
             L = min(cache.capacity, -(-top // BUCKET) * BUCKET)
             eng.forward.rope_upto(L)
@@ -213,9 +227,12 @@ class DeviceLoop:
             key = ((cache.generation, eng.forward.cos.shape[0]), S, R, self.gather, L, mode)
             state = [*s.values(), *([by_row.counts] if by_row is not None else []),
                      *([self.probs] if keep and self.probs is not None else [])]
-            self._launch_window(key, lambda: self._launch(L, pick, boundary), state, flagged_first=first)
+            launch = lambda: self._launch(L, pick, boundary)  # noqa: E731
+            self._launch_window(key, launch, state, flagged_first=first or self._extra)
             first = False
-            if self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None):
+            extra = (lambda: self._run(key, launch, state)) if overlap else None
+            if self._check(states, writing, gens, books, eos, on_step_end, boundary, row_probs if keep else None,
+                           extra, by_row.counts if by_row is not None else None):
                 break
         if by_row is not None and draws is not None:
             draws.counts.copy_(by_row.counts[rows])
@@ -227,6 +244,11 @@ class DeviceLoop:
         for _ in range(self.per_launch):
             self._step(L, pick, boundary)
 
+    def _run(self, key: Any, launch: Callable[[], None], state: list[torch.Tensor]) -> None:
+        self.graphs.run(key, launch, state=state)
+        self.eng.forwards += self.per_launch
+        self.eng.rows_computed += self.per_launch * self.v["live"].shape[0]
+
     def _launch_window(self, key: Any, launch: Callable[[], None], state: list[torch.Tensor],
                        flagged_first: bool = False) -> None:
         """Launch until the device flags a look (or the window is full). On CUDA each launch's flag is
@@ -237,9 +259,7 @@ class DeviceLoop:
         flag = self.s["look"]
         for j in range(self.window // self.per_launch + 1):
             if j > 0:
-                self.graphs.run(key, launch, state=state)
-                self.eng.forwards += self.per_launch
-                self.eng.rows_computed += self.per_launch * self.v["live"].shape[0]
+                self._run(key, launch, state)
             elif not flagged_first:
                 continue
             if not self._events:
@@ -257,16 +277,29 @@ class DeviceLoop:
 
     def _check(self, states: list[SlotSeq], writing: set[int], gens: list[list[int]], books: list[Any],
                eos: list[bool], on_step_end: StepHook | None, boundary: Any,
-               row_probs: list[list[torch.Tensor]] | None) -> bool:
+               row_probs: list[list[torch.Tensor]] | None, extra: Callable[[], None] | None = None,
+               counts: torch.Tensor | None = None) -> bool:
         """The host's look at the device: each row's tokens since the last look go to its ledger; the rows
-        whose step ended go to the hook, which says who writes on. True: every row stops where it is."""
+        whose step ended go to the hook, which says who writes on. True: every row stops where it is.
+        ``extra``: one more launch, made (when a row is still writing) once the look has its copy, so the
+        device works while the host does; a stop discards its tokens (they are past the ledgers) and puts
+        back the random streams' ``counts``."""
         s, cache, dev = self.v, self.eng.cache, self.eng.device
         self.looks += 1
-        # One copy to the host (one sync): each row's count, fed tokens, ended and EOS flags, then its tokens.
-        seen = torch.cat([torch.stack([s["m"], s["fed"], s["ended"].long(), s["eos"].long()], 1), s["out"]], 1)
+        # One copy to the host (one sync): each row's count, fed tokens, ended, EOS and live flags, then its
+        # tokens; the device's counts then start again for the next look.
+        flags = torch.stack([s["m"], s["fed"], s["ended"].long(), s["eos"].long(), s["live"].long()], 1)
+        seen = torch.cat([flags, s["out"]], 1)
+        saved = counts.clone() if extra is not None and counts is not None else None
         rows_seen = seen.tolist()
+        for name in ("m", "fed", "ended", "look"):
+            s[name].zero_()
+        self._extra = extra is not None and any(row[4] for row in rows_seen)
+        if self._extra:
+            assert extra is not None
+            extra()
         m, fed, ended, at_eos = (list(col) for col in zip(*(row[:4] for row in rows_seen)))
-        out = [row[4:] for row in rows_seen]
+        out = [row[5:] for row in rows_seen]
         finished: list[tuple[int, list[int], bool, torch.Tensor | None]] = []
         for i in sorted(writing):
             st, r = states[i], self.rows[i]
@@ -290,8 +323,6 @@ class DeviceLoop:
                     if row_probs is not None and row_probs[i]:
                         probs, row_probs[i] = torch.cat(row_probs[i]), []
                     finished.append((i, gens[i], bool(at_eos[r]), probs))
-        for name in ("m", "fed", "ended", "look"):
-            s[name].zero_()
         if not finished:
             return False
         assert on_step_end is not None
@@ -300,6 +331,8 @@ class DeviceLoop:
             gens[i] = []
         if any(n < 0 for n in nexts):  # rows mid-step stop where they are (their tokens are in the ledger)
             s["live"].zero_()
+            if self._extra and saved is not None and counts is not None:  # its draws are undone with it
+                counts.copy_(saved)
             return True
         fresh = [(i, n) for (i, _, at_end, _), n in zip(finished, nexts) if n > 0 and not at_end]
         if fresh:  # they write their next step from where their ledger stands
