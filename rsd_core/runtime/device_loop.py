@@ -63,24 +63,24 @@ class DeviceLoop:
         share of the batch, and the batch's wall time when it is the longest row). ``overlap``: at a look
         with rows still writing, launch once more before the host's work on it (the ledgers, the step
         hook), so the device writes on meanwhile (default: on CUDA; a look that stops every row discards
-        that launch's tokens). ``graphs``: capture the
-        launches as CUDA graphs (default: on CUDA). ``compiled``: each token's body through
-        ``torch.compile`` (fused kernels: fewer per layer, within the graph)."""
+        that launch's tokens). ``graphs``: capture the launches as CUDA graphs (default: on CUDA).
+        ``compiled``: each token's body through ``torch.compile`` (fused kernels: fewer per layer, within
+        the graph)."""
         if per_launch < 1 or ahead < 1 or not 0.0 <= early <= 1.0:
             raise ValueError(f"per_launch and ahead must be >= 1 and early in [0, 1]; got {per_launch}, {ahead}, "
                              f"{early}")
         self.eng = engine
+        cuda = engine.device.type == "cuda"
         self.per_launch, self.ahead, self.early = per_launch, ahead, early
-        self.overlap = engine.device.type == "cuda" if overlap is None else overlap
+        self.overlap = cuda if overlap is None else overlap
         self._extra = False  # the last look launched once more (its tokens come at the next look)
         self.window = -(-max(1, window) // per_launch) * per_launch
         self._room = self.window + per_launch + 2  # tokens a row can write between looks, and slack
         self.looks = 0  # host looks at the device so far (each one sync)
-        cuda = engine.device.type == "cuda"
         launches = self.window // per_launch + 1  # a window's, and the flag as a decode starts
         self._flags = torch.zeros(launches, dtype=torch.bool, pin_memory=cuda)
         self._events = [torch.cuda.Event() for _ in range(launches)] if cuda else []
-        self.graphs = Graphs(engine.device.type == "cuda" if graphs is None else graphs)
+        self.graphs = Graphs(cuda if graphs is None else graphs)
         # The whole token body (forward, sampling, bookkeeping) as one compiled graph. Shapes specialise
         # first and turn dynamic where they change (the attention length, by bucket): two compilations,
         # then none (shapes dynamic from the start ran 40% slower on CPU).
@@ -89,7 +89,7 @@ class DeviceLoop:
         self.s: dict[str, torch.Tensor] = {}  # one entry per slot of the cache (the most rows a decode has)
         self.v: dict[str, torch.Tensor] = {}  # views of the first rows: the current decode's
         self.draws: Draws | None = None
-        self.probs: torch.Tensor | None = None  # [slots, window + 2, vocab]: the window's distributions, when kept
+        self.probs: torch.Tensor | None = None  # [slots, _room, vocab]: distributions since the last look, when kept
         self.gather = False  # the decode's rows read their slots' K/V by index (not slots 0.. in order)
         self.rows: list[int] = []  # the row of each of the decode's sequences
 
